@@ -1,0 +1,96 @@
+"""Reading checkpoints safely and handing an encoder from one stage to the next.
+
+Everything here loads with ``torch.load(..., weights_only=True)``: a user-supplied file can hold
+tensors and plain containers, never code. A file that is missing, truncated, of the wrong kind or of
+the wrong shape is refused with a :class:`~maskrank.errors.MaskRankError` that names it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from maskrank.errors import ConfigError, CorruptFileError, MissingFileError
+
+MAE_ENCODER_PREFIX = "mae.encoder."
+CLASSIFIER_PREFIX = "model."
+
+
+def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
+    """Load a checkpoint dict with ``weights_only=True``; one-line errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path} ({flag}) does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise CorruptFileError(
+            f"checkpoint {path} ({flag}) cannot be read as a torch checkpoint "
+            f"(truncated, foreign or unsafe file): {reason}"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CorruptFileError(
+            f"checkpoint {path} ({flag}) holds a {type(ckpt).__name__}, "
+            "expected a dict with a state_dict"
+        )
+    return ckpt
+
+
+def encoder_state_dict(path: str | Path, flag: str = "model.init_args.encoder_ckpt") -> dict:
+    """The timm-format encoder weights of a checkpoint, keyed as in a timm ``VisionTransformer``.
+
+    Accepts a maskrank MAE pretraining checkpoint (``mae.encoder.*``), a maskrank classifier
+    checkpoint (``model.*``, the head is dropped) or a plain timm ``state_dict``.
+    """
+    ckpt = load_checkpoint(path, flag)
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CorruptFileError(f"checkpoint {path} ({flag}) has no tensor state_dict")
+    for prefix in (MAE_ENCODER_PREFIX, CLASSIFIER_PREFIX):
+        if any(k.startswith(prefix) for k in state):
+            out = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            return {k: v for k, v in out.items() if not k.startswith("head.")}
+    if "patch_embed.proj.weight" in state:  # already a timm ViT state_dict
+        return {k: v for k, v in state.items() if not k.startswith("head.")}
+    raise ConfigError(
+        f"checkpoint {path} ({flag}) holds no ViT encoder: expected keys starting with "
+        f"'{MAE_ENCODER_PREFIX}' (MAE pretraining) or '{CLASSIFIER_PREFIX}' (classifier)"
+    )
+
+
+def load_encoder(
+    model: nn.Module, path: str | Path, flag: str = "model.init_args.encoder_ckpt"
+) -> None:
+    """Copy the encoder weights of ``path`` into the timm ViT ``model`` (its head is left alone).
+
+    Raises ConfigError naming the file when a weight is missing, unexpected or of another shape
+    (an architecture mismatch), so a wrong checkpoint never half-loads.
+    """
+    state = encoder_state_dict(path, flag)
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {unexpected[:3]}" if unexpected else "",
+                f"shape mismatch {wrong[:3]} (checkpoint vs model)" if wrong else "",
+            )
+            if part
+        )
+        raise ConfigError(
+            f"checkpoint {path} ({flag}) does not match the model's encoder architecture: {detail}"
+        )
+    model.load_state_dict(state, strict=False)

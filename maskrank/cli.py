@@ -1,0 +1,103 @@
+"""The ``maskrank`` command: a LightningCLI over maskrank's tasks and datamodules.
+
+    maskrank fit -c configs/quickstart.yaml
+    maskrank fit -c configs/supervised/vit_tiny_cifar10.yaml --trainer.max_epochs 5
+    maskrank fit --print_config -c configs/quickstart.yaml > my.yaml
+
+Model and data are chosen in subclass mode (``--model ImageClassifier``, ``--data SyntheticLowRank``
+or full ``class_path`` entries in YAML); configs are parsed in omegaconf mode, so they can
+interpolate (``${data.init_args.image_size}``). Every run writes its TensorBoard events, the resolved
+``config.yaml`` and ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) under
+``runs/<experiment>/version_N/``, where ``<experiment>`` is ``trainer.logger.init_args.name``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+
+import maskrank.data  # noqa: F401  (registers the datamodules for --data NAME)
+import maskrank.tasks  # noqa: F401  (registers the tasks for --model NAME)
+from maskrank.errors import MaskRankError
+
+DEFAULT_LOGGER = {
+    "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+    "init_args": {"save_dir": "runs", "name": "default"},
+}
+
+
+class MaskRankCLI(LightningCLI):
+    """LightningCLI with maskrank's defaults: run directories, checkpoints and linked arguments."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Always-on callbacks, configurable as --checkpoint.* and --lr_monitor.*.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        # Values the model must agree on with the data come from the instantiated datamodule and
+        # are never typed twice: a value given under model.init_args is replaced by the data's.
+        for source, target in (
+            ("data.num_classes", "model.init_args.num_classes"),
+            ("data.image_size", "model.init_args.img_size"),
+            ("data.in_chans", "model.init_args.in_chans"),
+        ):
+            parser.link_arguments(source, target, apply_on="instantiate")
+
+
+def build_cli(args: list[str] | None = None, run: bool = True) -> MaskRankCLI:
+    """Construct (and with ``run=True`` execute) the CLI on ``args``; returns it for tests."""
+    return MaskRankCLI(
+        pl.LightningModule,
+        pl.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        seed_everything_default=0,
+        trainer_defaults={"logger": DEFAULT_LOGGER},
+        parser_kwargs={"parser_mode": "omegaconf"},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``maskrank`` and ``python -m maskrank`` (``sys.argv[1:]`` when None).
+
+    User mistakes (:class:`maskrank.errors.MaskRankError`) are printed as one line on stderr and
+    exit with status 2, like argument errors; everything else propagates with its traceback.
+    """
+    try:
+        build_cli(args)
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        print(f"maskrank: error: {user_error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _user_error(err: BaseException) -> MaskRankError | None:
+    """The MaskRankError behind ``err``: jsonargparse wraps errors raised while instantiating."""
+    seen = 0
+    while err is not None and seen < 20:
+        if isinstance(err, MaskRankError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,213 @@
+"""Common behaviour of every maskrank datamodule: uint8 batches, augmentation on the device.
+
+A subclass only says how to load a split (:meth:`InMemoryImageDataModule._load_split`) and sets the
+image geometry (``num_classes``, ``in_chans``, ``image_size``, ``mean``, ``std``) in ``__init__`` so
+the CLI can link them into the model before ``setup``. Everything else lives here:
+
+* batches are ``(images uint8 (B, C, H, W), labels int64 (B,))`` gathered straight from memory;
+* ``on_after_batch_transfer`` (on the training device) turns them into normalized float32 and, while
+  the trainer is training, applies a batched random resized crop and horizontal flip;
+* splits: ``train`` for fitting, and one held-out split for validate, test and predict;
+* :meth:`InMemoryImageDataModule.probe_batch` returns a fixed held-out subset for rank probes.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from maskrank.data.augment import random_hflip, random_resized_crop, to_float
+from maskrank.data.messages import require
+from maskrank.data.pairs import PairDataset, keep_batch
+from maskrank.errors import ConfigError
+
+__all__ = ["InMemoryImageDataModule", "Split"]
+
+Split = Literal["train", "heldout"]
+
+# Offset added to ``seed`` for the probe subset, so it is not tied to the train-subset shuffle.
+_PROBE_SEED_OFFSET = 7919
+
+
+class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
+    """Base datamodule: uint8 batches from memory, normalization and augmentation on the device.
+
+    Attributes set by every subclass's ``__init__`` (available before ``setup``):
+        num_classes: number of classes.
+        in_chans: image channels (3 for RGB, 1 for grey).
+        image_size: side of the square images the model sees.
+        mean: per-channel normalization mean on the 0..1 scale (length ``in_chans``).
+        std: per-channel normalization std on the 0..1 scale (length ``in_chans``).
+
+    Args:
+        batch_size: images per batch, per device.
+        num_workers: DataLoader worker processes (0 is right for in-memory data).
+        augment: apply random resized crop (and flip) to training batches on the device.
+        crop_scale: ``(min, max)`` fraction of the image area kept by the random resized crop,
+            in ``(0, 1]``.
+        hflip: also flip training images left-right with probability 0.5 (when ``augment``).
+        train_subset: use only this many training images, the first ones after a shuffle seeded
+            by ``seed`` (for quick experiments); ``None`` uses all of them. A value larger than
+            the training set uses the whole set.
+        seed: seed for the ``train_subset`` shuffle and for the ``probe_batch`` subset.
+    """
+
+    num_classes: int
+    in_chans: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        augment: bool = True,
+        crop_scale: tuple[float, float] = (0.35, 1.0),
+        hflip: bool = True,
+        train_subset: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        require(batch_size >= 1, "batch_size", ">= 1", batch_size)
+        require(num_workers >= 0, "num_workers", ">= 0", num_workers)
+        crop_scale = tuple(float(s) for s in crop_scale)  # type: ignore[assignment]
+        require(
+            len(crop_scale) == 2 and 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0,
+            "crop_scale",
+            "a pair (min, max) with 0 < min <= max <= 1",
+            crop_scale,
+        )
+        require(train_subset is None or train_subset >= 1, "train_subset", ">= 1", train_subset)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.crop_scale: tuple[float, float] = crop_scale
+        self.hflip = hflip
+        self.train_subset = train_subset
+        self.seed = seed
+        self._splits: dict[str, PairDataset] = {}
+
+    # ----------------------------------------------------------------------------- geometry
+    def _set_geometry(
+        self,
+        num_classes: int,
+        in_chans: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        """Set the attributes the model is built from; called by subclasses in ``__init__``."""
+        require(image_size >= 1, "image_size", ">= 1", image_size)
+        require(len(mean) == in_chans, "mean", f"{in_chans} value(s), one per channel", mean)
+        require(len(std) == in_chans, "std", f"{in_chans} value(s), one per channel", std)
+        require(all(s > 0 for s in std), "std", "positive", std)
+        self.num_classes = int(num_classes)
+        self.in_chans = int(in_chans)
+        self.image_size = int(image_size)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    # ----------------------------------------------------------------------------- splits
+    @abc.abstractmethod
+    def _load_split(self, split: Split) -> PairDataset:
+        """Load ``split`` ("train" or "heldout") as uint8 ``(N, C, S, S)`` images + labels."""
+
+    def _split(self, split: Split) -> PairDataset:
+        """Return ``split``, loading it (and applying ``train_subset``) on first use."""
+        if split not in self._splits:
+            data = self._load_split(split)
+            if split == "train" and self.train_subset is not None:
+                data = data.subset(self._subset_indices(len(data), self.train_subset))
+            self._splits[split] = data
+        return self._splits[split]
+
+    def _subset_indices(self, size: int, n: int) -> Tensor:
+        """First ``n`` indices of a permutation of ``range(size)`` seeded by ``seed``, sorted."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return torch.randperm(size, generator=generator)[:n].sort().values  # (min(n, size),)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the splits ``stage`` needs: train + held-out for fit, held-out otherwise."""
+        if stage in (None, "fit"):
+            train = self._split("train")
+            if len(train) < self.batch_size:
+                hint = " (or raise --data.train_subset)" if self.train_subset is not None else ""
+                raise ConfigError(
+                    f"--data.batch_size {self.batch_size} is larger than the {len(train)} "
+                    f"training images, so no full training batch exists; lower --data.batch_size"
+                    f"{hint}"
+                )
+        self._split("heldout")
+
+    # ----------------------------------------------------------------------------- loaders
+    def _loader(self, data: PairDataset, train: bool) -> DataLoader:
+        """A standard DataLoader whose dataset returns whole batches via ``__getitems__``."""
+        return DataLoader(
+            data,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            collate_fn=keep_batch,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; the last incomplete batch is dropped."""
+        return self._loader(self._split("train"), train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Held-out batches in a fixed order."""
+        return self._loader(self._split("heldout"), train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The held-out split, as for validation."""
+        return self._loader(self._split("heldout"), train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The held-out split, as for validation."""
+        return self._loader(self._split("heldout"), train=False)
+
+    # ----------------------------------------------------------------------------- device side
+    def preprocess(self, images_uint8: Tensor, train: bool) -> Tensor:
+        """Normalize ``(B, C, H, W)`` uint8 images; augment them too when ``train`` and ``augment``.
+
+        Returns ``(B, C, image_size, image_size)`` float32 when augmenting, otherwise a float32
+        tensor of the input's shape. Runs on the input's device.
+        """
+        images = to_float(images_uint8, self.mean, self.std)  # (B, C, H, W) float32
+        if train and self.augment:
+            images = random_resized_crop(images, self.image_size, scale=self.crop_scale)
+            if self.hflip:
+                images = random_hflip(images)
+        return images
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lightning hook (on the device): uint8 batch -> normalized float32, augmented in training."""
+        images, labels = batch
+        training = self.trainer is not None and bool(self.trainer.training)
+        return self.preprocess(images, train=training), labels
+
+    # ----------------------------------------------------------------------------- probes
+    def probe_batch(self, n: int) -> tuple[Tensor, Tensor]:
+        """A fixed, seeded subset of ``n`` held-out images (uint8) and their labels.
+
+        The same ``seed`` always gives the same images; a smaller ``n`` gives a prefix of a larger
+        one. ``n`` larger than the held-out split is clamped to its size.
+
+        Returns:
+            ``(images uint8 (n, C, S, S), labels int64 (n,))``.
+        """
+        if n < 1:
+            raise ValueError(f"probe_batch: n must be >= 1, got {n}")
+        data = self._split("heldout")
+        generator = torch.Generator().manual_seed(self.seed + _PROBE_SEED_OFFSET)
+        indices = torch.randperm(len(data), generator=generator)[:n]  # (min(n, N),)
+        return data.__getitems__(indices.tolist())

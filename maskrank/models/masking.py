@@ -1,0 +1,199 @@
+"""Patch masking for masked image modelling: pure functions (SCIENCE.md §5).
+
+Every strategy produces a score per patch and keeps the ``num_keep`` highest-scoring patches, so
+all samples of a batch keep exactly the same number of tokens (the encoder then runs on a dense
+(B, K, D) tensor). The result is a :class:`Masking`:
+
+- ``ids_keep`` (B, K): indices of the visible patches, in the order the encoder sees them;
+- ``mask`` (B, L): 1.0 for a masked patch, 0.0 for a visible one, in the original patch order;
+- ``ids_restore`` (B, L): the inverse permutation, so ``gather(cat(visible, masked), ids_restore)``
+  puts tokens back in image order.
+
+Strategies: ``random`` (MAE: argsort of uniform noise), ``block`` (BEiT-style rectangles, filled in
+order until the masked count is reached), ``grid`` (keep one patch of every s x s cell, random
+offset per sample). The mask ratio itself can be fixed, drawn per batch from a range, or scheduled
+linearly over training: :func:`mask_ratio_at`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from maskrank.errors import ConfigError
+
+Strategy = Literal["random", "block", "grid"]
+
+
+@dataclass(frozen=True)
+class Masking:
+    """Kept indices (B, K), binary mask (B, L) with 1 = masked, restore indices (B, L)."""
+
+    ids_keep: torch.Tensor
+    mask: torch.Tensor
+    ids_restore: torch.Tensor
+
+
+def num_kept(num_patches: int, mask_ratio: float) -> int:
+    """Number of visible patches for a ratio: ``round(L * (1 - r))``, at least 1."""
+    check_mask_ratio(mask_ratio)
+    return max(1, int(round(num_patches * (1.0 - mask_ratio))))
+
+
+def check_mask_ratio(mask_ratio: float, flag: str = "model.init_args.mask_ratio") -> None:
+    """Raise ConfigError unless ``0 <= mask_ratio < 1``."""
+    if not 0.0 <= float(mask_ratio) < 1.0:
+        raise ConfigError(f"mask ratio {mask_ratio} ({flag}) must be in [0, 1)")
+
+
+def masking_from_scores(scores: torch.Tensor, num_keep: int) -> Masking:
+    """Keep the ``num_keep`` highest-scoring patches of each row of ``scores`` (B, L)."""
+    batch, length = scores.shape
+    # Descending argsort: the first num_keep indices are the visible patches.
+    ids_shuffle = torch.argsort(scores, dim=1, descending=True)  # (B, L)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L) inverse permutation
+    ids_keep = ids_shuffle[:, :num_keep]  # (B, K)
+    mask = torch.ones(batch, length, device=scores.device)
+    mask[:, :num_keep] = 0.0
+    mask = torch.gather(mask, 1, ids_restore)  # back to image order
+    return Masking(ids_keep, mask, ids_restore)
+
+
+def random_masking(
+    batch: int,
+    num_patches: int,
+    mask_ratio: float,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Masking:
+    """Per-sample uniform random masking (MAE): keep the patches with the largest noise."""
+    noise = torch.rand(batch, num_patches, device=device, generator=generator)
+    return masking_from_scores(noise, num_kept(num_patches, mask_ratio))
+
+
+def block_masking(
+    batch: int,
+    grid: tuple[int, int],
+    mask_ratio: float,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    min_block: int = 4,
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+) -> Masking:
+    """Mask random rectangles of patches (BEiT-style), exactly ``L - K`` per sample.
+
+    Candidate blocks (area >= ``min_block`` patches, log-uniform aspect in ``aspect``) are drawn in
+    parallel; a patch covered by block ``j`` scores ``n_blocks - j``, uncovered patches score 0,
+    plus a tie-breaking uniform noise in [0, 1). The lowest scores stay visible, so earlier blocks
+    are masked whole, later ones partly, and uncovered patches only if the blocks fall short.
+    """
+    gh, gw = grid
+    length = gh * gw
+    n_mask = length - num_kept(length, mask_ratio)
+    n_blocks = max(1, math.ceil(n_mask / max(1, min_block)))  # (B, M) blocks, enough to cover
+    shape = (batch, n_blocks)
+    area = torch.empty(shape, device=device).uniform_(
+        min_block, max(min_block, n_mask), generator=generator
+    )
+    log_ar = torch.empty(shape, device=device).uniform_(
+        math.log(aspect[0]), math.log(aspect[1]), generator=generator
+    )
+    h = (area * log_ar.exp()).sqrt().round().clamp(1, gh)  # (B, M) block height in patches
+    w = (area / log_ar.exp()).sqrt().round().clamp(1, gw)  # (B, M) block width
+    top = (torch.rand(shape, device=device, generator=generator) * (gh - h + 1)).floor()
+    left = (torch.rand(shape, device=device, generator=generator) * (gw - w + 1)).floor()
+    rows = torch.arange(gh, device=device).view(1, 1, gh, 1)
+    cols = torch.arange(gw, device=device).view(1, 1, 1, gw)
+    covered = (
+        (rows >= top[..., None, None])
+        & (rows < (top + h)[..., None, None])
+        & (cols >= left[..., None, None])
+        & (cols < (left + w)[..., None, None])
+    )  # (B, M, gh, gw)
+    rank = torch.arange(n_blocks, 0, -1, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    mask_score = (covered * rank).amax(dim=1).flatten(1)  # (B, L): n_blocks - first block index
+    noise = torch.rand(batch, length, device=device, generator=generator)
+    # Visible = highest keep-score = lowest mask-score.
+    return masking_from_scores(-(mask_score + noise), length - n_mask)
+
+
+def grid_masking(
+    batch: int,
+    grid: tuple[int, int],
+    mask_ratio: float,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Masking:
+    """Keep one patch in every ``s x s`` cell (``s = sqrt(1 / (1 - r))``), random offset per sample.
+
+    The ratio must make ``s`` an integer (0.75 -> 2, 0.8889 -> 3); patches on the lattice are kept
+    first, so when the grid does not divide evenly the kept count is still exactly ``K``.
+    """
+    stride = math.sqrt(1.0 / (1.0 - mask_ratio))
+    if abs(stride - round(stride)) > 1e-3:
+        raise ConfigError(
+            f"grid masking needs 1 / (1 - mask_ratio) to be a square (0.75, 0.8889, 0.9375); "
+            f"got mask_ratio {mask_ratio} (model.init_args.mask_ratio)"
+        )
+    s = int(round(stride))
+    gh, gw = grid
+    off = torch.randint(0, s, (batch, 2), device=device, generator=generator)  # (B, 2)
+    rows = torch.arange(gh, device=device).view(1, gh, 1)
+    cols = torch.arange(gw, device=device).view(1, 1, gw)
+    on_lattice = ((rows - off[:, :1, None]) % s == 0) & ((cols - off[:, 1:, None]) % s == 0)
+    noise = torch.rand(batch, gh * gw, device=device, generator=generator)
+    return masking_from_scores(on_lattice.flatten(1).float() + noise, num_kept(gh * gw, mask_ratio))
+
+
+def make_masking(
+    strategy: Strategy,
+    batch: int,
+    grid: tuple[int, int],
+    mask_ratio: float,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Masking:
+    """Dispatch to :func:`random_masking`, :func:`block_masking` or :func:`grid_masking`."""
+    if strategy == "random":
+        return random_masking(batch, grid[0] * grid[1], mask_ratio, device, generator)
+    if strategy == "block":
+        return block_masking(batch, grid, mask_ratio, device, generator)
+    if strategy == "grid":
+        return grid_masking(batch, grid, mask_ratio, device, generator)
+    raise ConfigError(
+        f"unknown masking {strategy!r} (model.init_args.masking): expected random, block or grid"
+    )
+
+
+def mask_ratio_at(
+    progress: float,
+    ratio: float,
+    ratio_range: tuple[float, float] | None = None,
+    ratio_end: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """The mask ratio for one batch.
+
+    Args:
+        progress: fraction of training done, in [0, 1].
+        ratio: the fixed ratio (or the schedule's start).
+        ratio_range: if given, a ratio drawn uniformly from this range for every batch.
+        ratio_end: if given, the ratio goes linearly from ``ratio`` to ``ratio_end`` over training.
+        rng: the random source for ``ratio_range`` (a ``random.Random``; module RNG if None).
+    """
+    if ratio_range is not None:
+        low, high = ratio_range
+        return (rng or random).uniform(low, high)
+    if ratio_end is not None:
+        progress = min(1.0, max(0.0, progress))
+        return ratio + (ratio_end - ratio) * progress
+    return ratio
+
+
+def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``tokens`` (B, L, D) gathered along L by ``ids`` (B, K) -> (B, K, D)."""
+    return torch.gather(tokens, 1, ids.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))

@@ -1,0 +1,147 @@
+"""Build timm Vision Transformers from a named preset plus overrides.
+
+maskrank never forks the ViT: every model is a ``timm.models.vision_transformer.VisionTransformer``
+made by ``timm.create_model``, so timm's fused attention, weight init and checkpoint format apply
+unchanged and any timm user can load what maskrank exports.
+
+A preset fixes the architecture (width, depth, heads, patch size at a given image size); the keyword
+overrides change any of it. ``ViTSpec`` is the same thing as a typed, documented dataclass, which is
+how configs and the CLI describe an encoder (``model.init_args.vit``). The data-dependent values
+(image size, channels, classes) are not part of the spec: the CLI links them from the datamodule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import timm
+from timm.models.vision_transformer import VisionTransformer
+
+from maskrank.errors import ConfigError
+
+# name -> (timm architecture, overrides). The "_32" presets use 4-px patches (64 tokens at 32 px),
+# the usual choice for CIFAR-sized images; "_224" presets are the standard ImageNet ViTs.
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "vit_nano_32": (
+        "vit_tiny_patch16_224",
+        dict(img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=2),
+    ),
+    "vit_tiny_32": ("vit_tiny_patch16_224", dict(img_size=32, patch_size=4)),
+    "vit_small_32": ("vit_small_patch16_224", dict(img_size=32, patch_size=4)),
+    "vit_base_32": ("vit_base_patch16_224", dict(img_size=32, patch_size=4)),
+    "vit_tiny_224": ("vit_tiny_patch16_224", dict(img_size=224, patch_size=16)),
+    "vit_small_224": ("vit_small_patch16_224", dict(img_size=224, patch_size=16)),
+    "vit_base_224": ("vit_base_patch16_224", dict(img_size=224, patch_size=16)),
+}
+
+
+def _resolve_preset(preset: str) -> tuple[str, dict[str, Any]]:
+    if preset in PRESETS:
+        arch, overrides = PRESETS[preset]
+        return arch, dict(overrides)
+    if preset.startswith("vit_") and preset in timm.list_models("vit_*"):
+        return preset, {}  # any timm ViT architecture, randomly initialised
+    raise ConfigError(
+        f"unknown ViT preset {preset!r} (model.init_args.vit.preset): expected one of "
+        f"{sorted(PRESETS)} or a timm ViT name such as 'vit_small_patch16_224'"
+    )
+
+
+def _validate(kwargs: dict[str, Any]) -> None:
+    img, patch = kwargs.get("img_size", 224), kwargs.get("patch_size", 16)
+    if not isinstance(patch, int) or patch < 1 or img % patch:
+        raise ConfigError(
+            f"patch_size {patch} (model.init_args.vit.patch_size) must divide the image size "
+            f"{img} (data.init_args.image_size)"
+        )
+    dim, heads = kwargs.get("embed_dim"), kwargs.get("num_heads")
+    if dim is not None and heads is not None and dim % heads:
+        raise ConfigError(
+            f"embed_dim {dim} must be divisible by num_heads {heads} (model.init_args.vit)"
+        )
+    for key in ("drop_rate", "attn_drop_rate", "proj_drop_rate", "drop_path_rate", "pos_drop_rate"):
+        rate = kwargs.get(key)
+        if rate is not None and not 0.0 <= rate < 1.0:
+            raise ConfigError(f"{key} = {rate} (model.init_args.vit.{key}) must be in [0, 1)")
+
+
+def build_vit(preset: str = "vit_tiny_32", **overrides: Any) -> VisionTransformer:
+    """Create a randomly initialised timm ``VisionTransformer`` from a preset and overrides.
+
+    Args:
+        preset: a key of :data:`PRESETS` (``vit_{nano,tiny,small,base}_32``,
+            ``vit_{tiny,small,base}_224``) or any timm ``vit_*`` architecture name.
+        **overrides: any ``VisionTransformer`` keyword: ``img_size``, ``patch_size``, ``embed_dim``,
+            ``depth``, ``num_heads``, ``mlp_ratio``, ``in_chans``, ``num_classes``, ``drop_rate``,
+            ``attn_drop_rate``, ``proj_drop_rate``, ``drop_path_rate``, ``global_pool``, ...
+            ``None`` values are ignored, so a spec with unset fields keeps the preset's values.
+
+    Raises:
+        ConfigError: unknown preset, patch size not dividing the image size, width not divisible
+            by the number of heads, or a drop rate outside [0, 1).
+    """
+    arch, kwargs = _resolve_preset(preset)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None})
+    _validate(kwargs)
+    model = timm.create_model(arch, pretrained=False, **kwargs)
+    if not isinstance(model, VisionTransformer):  # pragma: no cover - guarded by the name check
+        raise ConfigError(f"{preset!r} is not a timm VisionTransformer")
+    return model
+
+
+@dataclass
+class ViTSpec:
+    """Architecture of a timm ViT encoder; unset (None) fields keep the preset's value.
+
+    Attributes:
+        preset: architecture preset (``vit_nano_32``, ``vit_tiny_32``, ``vit_small_32``,
+            ``vit_base_32``, ``vit_tiny_224``, ``vit_small_224``, ``vit_base_224``) or a timm
+            ``vit_*`` name.
+        patch_size: patch side in pixels; must divide the image size.
+        embed_dim: token width.
+        depth: number of transformer blocks.
+        num_heads: attention heads; must divide ``embed_dim``.
+        mlp_ratio: MLP hidden width as a multiple of ``embed_dim``.
+        drop_rate: dropout before the classifier head.
+        proj_drop_rate: dropout after the attention and MLP output projections.
+        attn_drop_rate: dropout on the attention weights.
+        drop_path_rate: stochastic-depth rate (linearly increasing over blocks).
+        global_pool: ``token`` (CLS) or ``avg`` (mean of patch tokens) for the classifier.
+    """
+
+    preset: str = "vit_tiny_32"
+    patch_size: int | None = None
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    mlp_ratio: float | None = None
+    drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    global_pool: str = "token"
+
+    def build(
+        self, img_size: int, in_chans: int = 3, num_classes: int = 0, **extra: Any
+    ) -> VisionTransformer:
+        """Build the ViT for images of ``img_size`` px with ``in_chans`` channels."""
+        fields = asdict(self)
+        preset = fields.pop("preset")
+        return build_vit(
+            preset,
+            img_size=img_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            **fields,
+            **extra,
+        )
+
+
+def as_spec(vit: ViTSpec | dict[str, Any] | None) -> ViTSpec:
+    """Accept a spec, its ``asdict`` form (as stored in checkpoints' hparams) or None (defaults)."""
+    if vit is None:
+        return ViTSpec()
+    if isinstance(vit, dict):
+        return ViTSpec(**vit)
+    return vit

@@ -1,0 +1,6 @@
+"""LightningModules: thin wrappers that pair a model with its loss, optimizer and logged metrics."""
+
+from maskrank.tasks.classification import ImageClassifier
+from maskrank.tasks.pretrain import MAEPretraining
+
+__all__ = ["ImageClassifier", "MAEPretraining"]

@@ -1,0 +1,119 @@
+"""Supervised image classification with a timm ViT (training from scratch).
+
+Logged tags: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
+Batches arrive already normalized (and augmented in training) by the datamodule's
+``on_after_batch_transfer``, so this module only sees float tensors of shape (B, C, H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassAccuracy
+
+from maskrank.checkpoints import load_encoder
+from maskrank.errors import ConfigError
+from maskrank.models.vit import ViTSpec, as_spec
+from maskrank.tasks.optim import adamw, warmup_cosine_schedule
+
+
+class ImageClassifier(pl.LightningModule):
+    """A timm ViT with a linear head trained by cross-entropy.
+
+    Args:
+        vit: encoder architecture (preset and overrides; see ``maskrank.models.ViTSpec``).
+        num_classes: number of classes; the CLI links it from the datamodule.
+        img_size: image side in pixels; the CLI links it from the datamodule.
+        in_chans: image channels; the CLI links it from the datamodule.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay, applied to tensors with ndim >= 2 only.
+        betas: AdamW betas.
+        warmup_fraction: fraction of the total optimizer steps spent in linear warmup.
+        min_lr_ratio: final learning rate of the cosine decay, as a fraction of ``lr``.
+        label_smoothing: cross-entropy label smoothing in [0, 1).
+        fused_adamw: use torch's fused AdamW kernel (None: let torch decide).
+        encoder_ckpt: start from the encoder of this checkpoint (an MAE pretraining or classifier
+            checkpoint, or a timm ViT state_dict); the head stays freshly initialised.
+    """
+
+    def __init__(
+        self,
+        vit: ViTSpec | None = None,
+        num_classes: int = 10,
+        img_size: int = 32,
+        in_chans: int = 3,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        label_smoothing: float = 0.0,
+        fused_adamw: bool | None = None,
+        encoder_ckpt: str | None = None,
+    ) -> None:
+        super().__init__()
+        spec = as_spec(vit)
+        if num_classes < 2:
+            raise ConfigError(f"num_classes = {num_classes} must be >= 2 (set by the datamodule)")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(
+                f"label_smoothing = {label_smoothing} (model.init_args.label_smoothing) "
+                "must be in [0, 1)"
+            )
+        # The spec is stored as a plain dict so checkpoints load with weights_only=True.
+        self.save_hyperparameters(ignore=["vit"])
+        self.hparams["vit"] = asdict(spec)
+        self.model = spec.build(img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+        if encoder_ckpt is not None:
+            load_encoder(self.model, encoder_ckpt)
+        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes) for normalized images (B, C, H, W)."""
+        return self.model(images)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        acc = getattr(self, f"{stage}_acc")
+        acc(logits.detach(), labels)
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            loss,
+            prog_bar=True,
+            on_step=on_step,
+            on_epoch=not on_step,
+            batch_size=labels.shape[0],
+            sync_dist=not on_step,
+        )
+        self.log(f"{stage}/acc", acc, prog_bar=stage != "train", on_step=False, on_epoch=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Predicted class indices (B,)."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).argmax(dim=-1)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = adamw(self, hp.lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw)
+        schedule = warmup_cosine_schedule(
+            optimizer, self.trainer.estimated_stepping_batches, hp.warmup_fraction, hp.min_lr_ratio
+        )
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

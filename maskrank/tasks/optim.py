@@ -1,0 +1,75 @@
+"""Optimizer and learning-rate schedule shared by the tasks (pure functions, no Lightning state).
+
+Weight decay applies to tensors with two or more dimensions only (matmul weights, patch-embedding
+kernels, position embeddings); biases and normalization scales are not decayed. The schedule is a
+linear warmup followed by a cosine decay to ``min_lr_ratio`` times the peak, stepped every
+optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+from maskrank.errors import ConfigError
+
+
+def adamw(
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    fused: bool | None = None,
+) -> torch.optim.AdamW:
+    """AdamW over ``module``'s trainable parameters, decaying only tensors with ``ndim >= 2``.
+
+    ``fused=None`` lets torch choose its implementation; ``True`` asks for the single-kernel
+    version (CPU and CUDA in torch >= 2.4).
+    """
+    if lr <= 0:
+        raise ConfigError(f"lr = {lr} (model.init_args.lr) must be positive")
+    if weight_decay < 0:
+        raise ConfigError(
+            f"weight_decay = {weight_decay} (model.init_args.weight_decay) must be >= 0"
+        )
+    # timm's helper puts ndim <= 1 tensors (and *.bias) in a no-decay group and skips frozen ones.
+    groups = param_groups_weight_decay(module, weight_decay, no_weight_decay_list=())
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError("the model has no trainable parameters")
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Learning-rate multiplier at ``step``: linear warmup to 1, then cosine decay to ``min_ratio``.
+
+    The first step already uses ``1 / warmup_steps`` of the peak (never 0), and steps past
+    ``total_steps`` stay at ``min_ratio``.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer,
+    total_steps: int,
+    warmup_fraction: float,
+    min_lr_ratio: float = 0.0,
+) -> dict:
+    """A Lightning ``lr_scheduler`` config dict stepping :func:`warmup_cosine` every step."""
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ConfigError(
+            f"warmup_fraction = {warmup_fraction} (model.init_args.warmup_fraction) must be in [0, 1)"
+        )
+    total_steps = max(1, int(total_steps))
+    warmup = int(round(warmup_fraction * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, total_steps, min_lr_ratio)
+    )
+    return {"scheduler": scheduler, "interval": "step", "frequency": 1}

@@ -1,0 +1,150 @@
+"""MAE pretraining as a thin LightningModule (SCIENCE.md §5).
+
+Logged tags: ``train/loss``, ``train/mask_ratio``, ``val/loss`` (reconstruction loss on masked
+patches; validation masks with a fixed-seed generator so epochs are comparable).
+The learning rate follows MAE's rule ``lr = base_lr * effective_batch / 256`` unless ``lr`` is set.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict
+
+import pytorch_lightning as pl
+import torch
+
+from maskrank.errors import ConfigError
+from maskrank.models.mae import MaskedAutoencoder
+from maskrank.models.masking import Strategy, check_mask_ratio, mask_ratio_at
+from maskrank.models.vit import ViTSpec, as_spec
+from maskrank.tasks.optim import adamw, warmup_cosine_schedule
+
+VAL_MASK_SEED = 1234
+
+
+def effective_batch_size(trainer: pl.Trainer) -> int:
+    """Images per optimizer step over all processes: batch x accumulation x world size."""
+    batch = getattr(trainer.datamodule, "batch_size", None)
+    if batch is None:
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()  # what Lightning does to estimate stepping batches
+        batch = getattr(trainer.train_dataloader, "batch_size", None)
+    if batch is None:
+        raise ConfigError("cannot infer the batch size to scale base_lr: set model.init_args.lr")
+    return int(batch) * trainer.accumulate_grad_batches * trainer.world_size
+
+
+class MAEPretraining(pl.LightningModule):
+    """Masked-autoencoder pretraining of a timm ViT encoder.
+
+    Args:
+        vit: encoder architecture (preset and overrides; see ``maskrank.models.ViTSpec``).
+        img_size: image side in pixels; the CLI links it from the datamodule.
+        in_chans: image channels; the CLI links it from the datamodule.
+        decoder_dim: decoder width.
+        decoder_depth: decoder blocks.
+        decoder_heads: decoder attention heads.
+        mask_ratio: fraction of patches masked (the start value when ``mask_ratio_end`` is set).
+        mask_ratio_range: if set, a ratio drawn uniformly from [low, high) for every batch.
+        mask_ratio_end: if set, the ratio moves linearly from ``mask_ratio`` to this over training.
+        masking: ``random`` (MAE), ``block`` (BEiT-style rectangles) or ``grid``.
+        norm_pix_loss: regress per-patch normalized pixels.
+        fixed_pos_embed: fixed 2-D sin-cos encoder position embedding (frozen), as in MAE.
+        base_lr: learning rate per 256 images; ``lr = base_lr * effective_batch / 256``.
+        lr: absolute learning rate; overrides ``base_lr`` when set.
+        weight_decay: AdamW weight decay on tensors with ndim >= 2.
+        betas: AdamW betas (MAE uses 0.9, 0.95).
+        warmup_fraction: fraction of optimizer steps in linear warmup.
+        min_lr_ratio: final learning rate of the cosine decay as a fraction of the peak.
+        fused_adamw: torch's fused AdamW kernel (None: torch decides).
+    """
+
+    def __init__(
+        self,
+        vit: ViTSpec | None = None,
+        img_size: int = 32,
+        in_chans: int = 3,
+        decoder_dim: int = 128,
+        decoder_depth: int = 4,
+        decoder_heads: int = 4,
+        mask_ratio: float = 0.75,
+        mask_ratio_range: tuple[float, float] | None = None,
+        mask_ratio_end: float | None = None,
+        masking: Strategy = "random",
+        norm_pix_loss: bool = True,
+        fixed_pos_embed: bool = True,
+        base_lr: float = 1.5e-4,
+        lr: float | None = None,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.0,
+        fused_adamw: bool | None = None,
+    ) -> None:
+        super().__init__()
+        spec = as_spec(vit)
+        check_mask_ratio(mask_ratio)
+        if mask_ratio_end is not None:
+            check_mask_ratio(mask_ratio_end, "model.init_args.mask_ratio_end")
+        if mask_ratio_range is not None:
+            low, high = mask_ratio_range
+            check_mask_ratio(low, "model.init_args.mask_ratio_range")
+            check_mask_ratio(high, "model.init_args.mask_ratio_range")
+        self.save_hyperparameters(ignore=["vit"])
+        self.hparams["vit"] = asdict(spec)
+        encoder = spec.build(img_size=img_size, in_chans=in_chans, num_classes=0)
+        self.mae = MaskedAutoencoder(
+            encoder,
+            decoder_dim,
+            decoder_depth,
+            decoder_heads,
+            norm_pix_loss=norm_pix_loss,
+            fixed_pos_embed=fixed_pos_embed,
+        )
+        self._ratio_rng = random.Random(0)
+        self._val_generator: torch.Generator | None = None
+
+    @property
+    def encoder(self):
+        """The timm ViT being pretrained."""
+        return self.mae.encoder
+
+    def current_mask_ratio(self) -> float:
+        hp = self.hparams
+        total = max(1, self.trainer.estimated_stepping_batches) if self._trainer else 1
+        return mask_ratio_at(
+            self.global_step / total,
+            hp.mask_ratio,
+            hp.mask_ratio_range,
+            hp.mask_ratio_end,
+            self._ratio_rng,
+        )
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images = batch[0]
+        ratio = self.current_mask_ratio()
+        loss, _, _ = self.mae(images, ratio, self.hparams.masking)
+        self.log("train/loss", loss, prog_bar=True)
+        if self.hparams.mask_ratio_range is not None or self.hparams.mask_ratio_end is not None:
+            self.log("train/mask_ratio", ratio)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # Same masks every validation epoch, so val/loss curves compare like with like.
+        self._val_generator = torch.Generator(device=self.device).manual_seed(VAL_MASK_SEED)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        images = batch[0]
+        ratio = self.hparams.mask_ratio_end or self.hparams.mask_ratio
+        loss, _, _ = self.mae(images, ratio, self.hparams.masking, self._val_generator)
+        self.log("val/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        total_steps = self.trainer.estimated_stepping_batches  # also loads the train dataloader
+        lr = hp.lr if hp.lr is not None else hp.base_lr * effective_batch_size(self.trainer) / 256
+        optimizer = adamw(self.mae, lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw)
+        schedule = warmup_cosine_schedule(
+            optimizer, total_steps, hp.warmup_fraction, hp.min_lr_ratio
+        )
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

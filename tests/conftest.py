@@ -1,0 +1,22 @@
+"""Shared fixtures: the tiny ViT every test uses (img 32, patch 8, dim 64, depth 2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maskrank.models.vit import ViTSpec
+
+TINY_VIT = dict(preset="vit_nano_32", patch_size=8, embed_dim=64, depth=2, num_heads=2)
+
+
+@pytest.fixture
+def tiny_spec() -> ViTSpec:
+    return ViTSpec(**TINY_VIT)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    # Keep tests independent of each other's RNG use.
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,137 @@
+"""End-to-end CLI runs on tiny generated data (no network, CPU)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from maskrank.cli import build_cli, main
+from tests_helpers import event_tags
+
+TINY_DATA = {
+    "class_path": "maskrank.data.SyntheticLowRank",
+    "init_args": {
+        "num_classes": 4,
+        "class_rank": 2,
+        "train_size": 64,
+        "val_size": 32,
+        "batch_size": 16,
+    },
+}
+TINY_VIT = {"preset": "vit_nano_32", "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
+
+
+def _config(tmp_path: Path, model: dict, **trainer) -> Path:
+    cfg = {
+        "trainer": {
+            "max_epochs": 1,
+            "log_every_n_steps": 1,
+            "enable_model_summary": False,
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(tmp_path / "runs"), "name": "exp"},
+            },
+            **trainer,
+        },
+        "model": model,
+        "data": TINY_DATA,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _classifier() -> dict:
+    return {"class_path": "maskrank.tasks.ImageClassifier", "init_args": {"vit": TINY_VIT}}
+
+
+def test_fit_writes_one_run_directory(tmp_path):
+    main(["fit", "-c", str(_config(tmp_path, _classifier()))])
+    run = tmp_path / "runs" / "exp" / "version_0"
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "checkpoints").glob("best-*.ckpt"))
+    tags = event_tags(run)
+    assert {"train/loss", "val/loss", "val/acc"} <= tags
+    assert any(t.startswith("lr-AdamW") for t in tags)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    # the data -> model links are resolved into the saved config
+    assert saved["data"]["init_args"]["num_classes"] == 4
+
+
+def test_pretrain_fit_logs_reconstructions(tmp_path):
+    model = {
+        "class_path": "maskrank.tasks.MAEPretraining",
+        "init_args": {"vit": TINY_VIT, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    }
+    callbacks = [
+        {"class_path": "maskrank.callbacks.ReconstructionLogger", "init_args": {"num_images": 4}}
+    ]
+    main(["fit", "-c", str(_config(tmp_path, model, callbacks=callbacks))])
+    tags = event_tags(tmp_path / "runs" / "exp" / "version_0", kind="images")
+    assert "reconstructions/val" in tags
+
+
+def test_print_config_round_trip(tmp_path, capsys):
+    cfg = _config(tmp_path, _classifier())
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", str(cfg), "--print_config"])
+    assert exit_.value.code in (0, None)
+    first = capsys.readouterr().out
+    printed = tmp_path / "printed.yaml"
+    printed.write_text(first)
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(printed), "--print_config"])
+    assert capsys.readouterr().out == first
+    # and the printed config runs as is, building the same model
+    cli = build_cli(["fit", "-c", str(printed), "--trainer.max_steps", "1"])
+    assert cli.model.hparams["vit"]["embed_dim"] == 64
+    assert cli.trainer.global_step == 1
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
+    args = [
+        "fit",
+        "--model",
+        "maskrank.tasks.ImageClassifier",
+        "--data",
+        "maskrank.data.CIFAR10DataModule",
+        "--data.root",
+        str(tmp_path / "nodata"),
+        "--trainer.logger",
+        "false",
+    ]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("maskrank: error:")
+    assert "nodata" in err[0] and "--data.download true" in err[0]
+
+
+def test_bad_patch_size_names_the_flag(tmp_path, capsys):
+    cfg = _config(tmp_path, _classifier())
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", str(cfg), "--model.init_args.vit.patch_size", "5"])
+    assert exit_.value.code == 2
+    assert "patch_size" in capsys.readouterr().err
+
+
+def test_unknown_key_fails_before_training(tmp_path, capsys):
+    cfg = _config(tmp_path, _classifier())
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", str(cfg), "--model.init_args.learning_rate", "0.1"])
+    assert exit_.value.code == 2
+    assert "learning_rate" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_python_dash_m_is_the_same_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "maskrank", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "fit" in out and "validate" in out and "predict" in out
