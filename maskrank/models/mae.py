@@ -11,13 +11,12 @@ Shapes: images (B, C, H, W); L = (H/p)(W/p) patches; K visible; D encoder width;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from maskrank.errors import ConfigError
+from maskrank.models.features import EncoderFeatures, encoder_features
 from maskrank.models.masking import Masking, Strategy, gather_tokens, make_masking
 
 
@@ -76,25 +75,6 @@ def normalize_patches(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mean = target.mean(dim=-1, keepdim=True)
     var = target.var(dim=-1, keepdim=True)
     return (target - mean) / (var + eps).sqrt()
-
-
-@dataclass
-class EncoderFeatures:
-    """Unmasked encoder features of a batch (eval-mode probes; no masking).
-
-    Attributes:
-        cls: final normalized CLS token (B, D).
-        patch_mean: mean of the final normalized patch tokens (B, D).
-        tokens: final normalized patch tokens (B, L, D).
-        block_cls: per block, the CLS token of that block's output (B, D), un-normalized.
-        block_mean: per block, the mean patch token of that block's output (B, D).
-    """
-
-    cls: torch.Tensor
-    patch_mean: torch.Tensor
-    tokens: torch.Tensor
-    block_cls: list[torch.Tensor]
-    block_mean: list[torch.Tensor]
 
 
 class MaskedAutoencoder(nn.Module):
@@ -213,20 +193,9 @@ class MaskedAutoencoder(nn.Module):
         loss = masked_mse(pred, self.target(images), masking.mask)
         return loss, pred, masking.mask
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> EncoderFeatures:
         """Unmasked features of all patches (call in eval mode for probes and rank metrics)."""
-        final, inter = self.encoder.forward_intermediates(
-            images, return_prefix_tokens=True, norm=False, output_fmt="NLC"
-        )
-        final_patches = final[:, 1:]  # timm returns the normalized final tokens incl. CLS
-        return EncoderFeatures(
-            cls=final[:, 0],
-            patch_mean=final_patches.mean(dim=1),
-            tokens=final_patches,
-            block_cls=[prefix[:, 0] for _, prefix in inter],
-            block_mean=[tokens.mean(dim=1) for tokens, _ in inter],
-        )
+        return encoder_features(self.encoder, images)
 
     def unnormalize_prediction(
         self, pred: torch.Tensor, images: torch.Tensor, mask: torch.Tensor

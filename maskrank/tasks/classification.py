@@ -16,6 +16,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from maskrank.checkpoints import load_encoder
 from maskrank.errors import ConfigError
+from maskrank.models.features import EncoderFeatures, encoder_features
 from maskrank.models.vit import ViTSpec, as_spec
 from maskrank.tasks.optim import adamw, warmup_cosine_schedule
 
@@ -72,6 +73,15 @@ class ImageClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    @property
+    def encoder(self):
+        """The timm ViT (its head included); callbacks read features and weights from it."""
+        return self.model
+
+    def encode(self, images: torch.Tensor) -> EncoderFeatures:
+        """Unmasked features for probes and rank metrics (call in eval mode)."""
+        return encoder_features(self.model, images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits (B, num_classes) for normalized images (B, C, H, W)."""

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 
 from maskrank.errors import ConfigError
+from maskrank.models.features import EncoderFeatures
 from maskrank.models.mae import MaskedAutoencoder
 from maskrank.models.masking import Strategy, check_mask_ratio, mask_ratio_at
 from maskrank.models.vit import ViTSpec, as_spec
@@ -108,6 +109,10 @@ class MAEPretraining(pl.LightningModule):
     def encoder(self):
         """The timm ViT being pretrained."""
         return self.mae.encoder
+
+    def encode(self, images: torch.Tensor) -> EncoderFeatures:
+        """Unmasked encoder features for probes and rank metrics (call in eval mode)."""
+        return self.mae.encode(images)
 
     def current_mask_ratio(self) -> float:
         hp = self.hparams
