@@ -15,6 +15,7 @@ from maskrank.metrics.dropout_mf import (
     factorization_penalty_term,
     min_factorization_penalty,
 )
+from maskrank.metrics.probe import linear_probe_accuracy
 from maskrank.metrics.spectrum import (
     RANKME_EPS,
     effective_rank,
@@ -55,6 +56,7 @@ __all__ = [
     "factorization_penalty",
     "factorization_penalty_term",
     "frobenius_norm",
+    "linear_probe_accuracy",
     "min_factorization_penalty",
     "moved_singular_values",
     "normalized_nuclear_norm",

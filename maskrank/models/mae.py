@@ -11,6 +11,8 @@ Shapes: images (B, C, H, W); L = (H/p)(W/p) patches; K visible; D encoder width;
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
@@ -18,6 +20,28 @@ from torch import nn
 from maskrank.errors import ConfigError
 from maskrank.models.features import EncoderFeatures, encoder_features
 from maskrank.models.masking import Masking, Strategy, gather_tokens, make_masking
+
+AttentionImpl = Literal["auto", "sdpa", "matmul"]
+# Below this many tokens, plain matmul-softmax-matmul attention beats CPU SDPA kernels (measured by
+# scripts/bench_pretrain.py); on GPUs SDPA (flash / memory-efficient) always wins.
+CPU_SDPA_MIN_TOKENS = 128
+
+
+def use_sdpa(impl: AttentionImpl, device: torch.device, tokens: int) -> bool:
+    """Whether attention over ``tokens`` tokens on ``device`` should use fused SDPA."""
+    if impl == "auto":
+        return device.type != "cpu" or tokens >= CPU_SDPA_MIN_TOKENS
+    return impl == "sdpa"
+
+
+def set_attention_impl(blocks: nn.Module, sdpa: bool) -> None:
+    """Switch every timm ``Attention`` under ``blocks`` between SDPA and plain matmul attention.
+
+    Both compute the same function; timm reads the ``fused_attn`` flag at every forward.
+    """
+    for module in blocks.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = sdpa
 
 
 def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool) -> torch.Tensor:
@@ -90,6 +114,8 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: regress per-patch normalized pixels (MAE's default for better features).
         fixed_pos_embed: overwrite the encoder's position embedding with fixed 2-D sin-cos values
             and freeze it, as MAE does.
+        attention: ``sdpa`` (fused kernel), ``matmul`` (explicit softmax attention) or ``auto``
+            (matmul on CPU for short sequences, SDPA otherwise); all compute the same function.
     """
 
     def __init__(
@@ -101,6 +127,7 @@ class MaskedAutoencoder(nn.Module):
         mlp_ratio: float = 4.0,
         norm_pix_loss: bool = True,
         fixed_pos_embed: bool = True,
+        attention: AttentionImpl = "auto",
     ) -> None:
         super().__init__()
         if encoder.cls_token is None or encoder.no_embed_class or encoder.num_reg_tokens:
@@ -118,6 +145,7 @@ class MaskedAutoencoder(nn.Module):
         self.grid = tuple(encoder.patch_embed.grid_size)
         self.chans = encoder.patch_embed.proj.in_channels
         self.norm_pix_loss = norm_pix_loss
+        self.attention = attention
         dim = encoder.embed_dim
         if fixed_pos_embed:
             with torch.no_grad():
@@ -158,6 +186,7 @@ class MaskedAutoencoder(nn.Module):
         x = gather_tokens(x, masking.ids_keep)  # (B, K, D)
         cls = (enc.cls_token + enc.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
         x = enc.pos_drop(torch.cat([cls, x], dim=1))
+        set_attention_impl(enc.blocks, use_sdpa(self.attention, x.device, x.shape[1]))
         x = enc.blocks(enc.norm_pre(x))
         return enc.norm(x)
 
@@ -169,6 +198,7 @@ class MaskedAutoencoder(nn.Module):
         x_ = torch.cat([x[:, 1:], mask_tokens], dim=1)  # (B, L, E) visible first, then masked
         x_ = gather_tokens(x_, masking.ids_restore)  # (B, L, E) image order
         x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed  # (B, 1 + L, E)
+        set_attention_impl(self.decoder_blocks, use_sdpa(self.attention, x.device, x.shape[1]))
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]  # drop CLS -> (B, L, P)

@@ -35,7 +35,7 @@ class ImageClassifier(pl.LightningModule):
         warmup_fraction: fraction of the total optimizer steps spent in linear warmup.
         min_lr_ratio: final learning rate of the cosine decay, as a fraction of ``lr``.
         label_smoothing: cross-entropy label smoothing in [0, 1).
-        fused_adamw: use torch's fused AdamW kernel (None: let torch decide).
+        fused_adamw: use torch's fused AdamW kernel (None: fused on CPU and CUDA).
         encoder_ckpt: start from the encoder of this checkpoint (an MAE pretraining or classifier
             checkpoint, or a timm ViT state_dict); the head stays freshly initialised.
     """

@@ -26,8 +26,9 @@ def adamw(
 ) -> torch.optim.AdamW:
     """AdamW over ``module``'s trainable parameters, decaying only tensors with ``ndim >= 2``.
 
-    ``fused=None`` lets torch choose its implementation; ``True`` asks for the single-kernel
-    version (CPU and CUDA in torch >= 2.4).
+    ``fused=None`` picks torch's single-kernel fused implementation when every parameter is on a
+    CPU or CUDA device (on CPU torch's own default is a slow per-tensor loop), and torch's default
+    elsewhere. The update is the same AdamW step either way.
     """
     if lr <= 0:
         raise ConfigError(f"lr = {lr} (model.init_args.lr) must be positive")
@@ -40,7 +41,9 @@ def adamw(
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ConfigError("the model has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
+    if fused is None:
+        fused = all(p.device.type in ("cpu", "cuda") for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> float:

@@ -15,7 +15,7 @@ import torch
 
 from maskrank.errors import ConfigError
 from maskrank.models.features import EncoderFeatures
-from maskrank.models.mae import MaskedAutoencoder
+from maskrank.models.mae import AttentionImpl, MaskedAutoencoder
 from maskrank.models.masking import Strategy, check_mask_ratio, mask_ratio_at
 from maskrank.models.vit import ViTSpec, as_spec
 from maskrank.tasks.optim import adamw, warmup_cosine_schedule
@@ -57,7 +57,11 @@ class MAEPretraining(pl.LightningModule):
         betas: AdamW betas (MAE uses 0.9, 0.95).
         warmup_fraction: fraction of optimizer steps in linear warmup.
         min_lr_ratio: final learning rate of the cosine decay as a fraction of the peak.
-        fused_adamw: torch's fused AdamW kernel (None: torch decides).
+        fused_adamw: torch's fused AdamW kernel (None: fused on CPU and CUDA).
+        attention: ``auto`` (plain matmul attention on CPU for short sequences, SDPA otherwise),
+            ``sdpa`` or ``matmul``; the same function either way.
+        compile: ``torch.compile`` every transformer block (worth it on GPUs for long runs; the
+            first steps are slow while it compiles).
     """
 
     def __init__(
@@ -81,6 +85,8 @@ class MAEPretraining(pl.LightningModule):
         warmup_fraction: float = 0.05,
         min_lr_ratio: float = 0.0,
         fused_adamw: bool | None = None,
+        attention: AttentionImpl = "auto",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         spec = as_spec(vit)
@@ -101,7 +107,12 @@ class MAEPretraining(pl.LightningModule):
             decoder_heads,
             norm_pix_loss=norm_pix_loss,
             fixed_pos_embed=fixed_pos_embed,
+            attention=attention,
         )
+        if compile:
+            # In place, so parameter names (and checkpoints) stay those of the plain modules.
+            for block in [*encoder.blocks, *self.mae.decoder_blocks]:
+                block.compile()
         self._ratio_rng = random.Random(0)
         self._val_generator: torch.Generator | None = None
 
