@@ -16,6 +16,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from maskrank.checkpoints import load_encoder
 from maskrank.errors import ConfigError
+from maskrank.models.dropout import DropoutSpec, as_dropout_specs
+from maskrank.models.dropout_apply import ExplicitDropoutPenalty, apply_dropout
 from maskrank.models.features import EncoderFeatures, encoder_features
 from maskrank.models.vit import ViTSpec, as_spec
 from maskrank.tasks.optim import adamw, warmup_cosine_schedule
@@ -38,6 +40,13 @@ class ImageClassifier(pl.LightningModule):
         fused_adamw: use torch's fused AdamW kernel (None: fused on CPU and CUDA).
         encoder_ckpt: start from the encoder of this checkpoint (an MAE pretraining or classifier
             checkpoint, or a timm ViT state_dict); the head stays freshly initialised.
+        dropout: dropout variant(s) installed in the ViT (``maskrank.models.dropout.DropoutSpec``:
+            ``variant`` feature/attention/drop_path/dropconnect/token, ``rate``, ``where``,
+            ``blocks``, ``targets``, ``mode``); a list combines variants. ``mode: explicit``
+            (feature dropout on ``mlp.drop1`` only) switches that dropout off and adds its
+            closed-form penalty ``λ Σ_j ‖u_j‖² mean(a_j²)`` to the training objective instead
+            (SCIENCE.md §4), logged as ``train/dropout_penalty`` (``train/loss`` stays the
+            data loss).
     """
 
     def __init__(
@@ -54,6 +63,7 @@ class ImageClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         fused_adamw: bool | None = None,
         encoder_ckpt: str | None = None,
+        dropout: DropoutSpec | list[DropoutSpec] | None = None,
     ) -> None:
         super().__init__()
         spec = as_spec(vit)
@@ -65,11 +75,16 @@ class ImageClassifier(pl.LightningModule):
                 "must be in [0, 1)"
             )
         # The spec is stored as a plain dict so checkpoints load with weights_only=True.
-        self.save_hyperparameters(ignore=["vit"])
+        dropout_specs = as_dropout_specs(dropout, "model.init_args.dropout")
+        self.save_hyperparameters(ignore=["vit", "dropout"])
         self.hparams["vit"] = asdict(spec)
+        self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
         self.model = spec.build(img_size=img_size, in_chans=in_chans, num_classes=num_classes)
         if encoder_ckpt is not None:
             load_encoder(self.model, encoder_ckpt)
+        apply_dropout(self.model, dropout_specs)
+        # None without a `mode: explicit` spec; `.rates` maps the hooked fc2 names to p
+        self.explicit_dropout = ExplicitDropoutPenalty.from_specs(self.model, dropout_specs)
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -107,7 +122,13 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        if self.explicit_dropout is None:
+            return self._step(batch, "train")
+        self.explicit_dropout.reset()
+        loss = self._step(batch, "train")
+        penalty = self.explicit_dropout.pop()  # summed over the hooked fc2s of this forward
+        self.log("train/dropout_penalty", penalty)
+        return loss + penalty
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

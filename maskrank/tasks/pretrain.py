@@ -14,6 +14,8 @@ import pytorch_lightning as pl
 import torch
 
 from maskrank.errors import ConfigError
+from maskrank.models.dropout import DropoutSpec, as_dropout_specs
+from maskrank.models.dropout_apply import ExplicitDropoutPenalty, apply_dropout
 from maskrank.models.features import EncoderFeatures
 from maskrank.models.mae import AttentionImpl, MaskedAutoencoder
 from maskrank.models.masking import Strategy, check_mask_ratio, mask_ratio_at
@@ -62,6 +64,14 @@ class MAEPretraining(pl.LightningModule):
             ``sdpa`` or ``matmul``; the same function either way.
         compile: ``torch.compile`` every transformer block (worth it on GPUs for long runs; the
             first steps are slow while it compiles).
+        dropout: dropout variant(s) installed in the encoder and/or decoder blocks
+            (``maskrank.models.dropout.DropoutSpec``: ``variant`` feature/attention/drop_path/
+            dropconnect, ``rate``, ``where``, ``blocks``, ``targets``, ``mode``); a list
+            combines variants. ``mode: explicit``
+            (feature dropout on ``mlp.drop1`` only) switches that dropout off and adds its
+            closed-form penalty ``λ Σ_j ‖u_j‖² mean(a_j²)`` to the training objective instead
+            (SCIENCE.md §4), logged as ``train/dropout_penalty`` (``train/loss`` stays the
+            data loss).
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class MAEPretraining(pl.LightningModule):
         fused_adamw: bool | None = None,
         attention: AttentionImpl = "auto",
         compile: bool = False,
+        dropout: DropoutSpec | list[DropoutSpec] | None = None,
     ) -> None:
         super().__init__()
         spec = as_spec(vit)
@@ -97,8 +108,10 @@ class MAEPretraining(pl.LightningModule):
             low, high = mask_ratio_range
             check_mask_ratio(low, "model.init_args.mask_ratio_range")
             check_mask_ratio(high, "model.init_args.mask_ratio_range")
-        self.save_hyperparameters(ignore=["vit"])
+        dropout_specs = as_dropout_specs(dropout, "model.init_args.dropout")
+        self.save_hyperparameters(ignore=["vit", "dropout"])
         self.hparams["vit"] = asdict(spec)
+        self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
         encoder = spec.build(img_size=img_size, in_chans=in_chans, num_classes=0)
         self.mae = MaskedAutoencoder(
             encoder,
@@ -109,6 +122,9 @@ class MAEPretraining(pl.LightningModule):
             fixed_pos_embed=fixed_pos_embed,
             attention=attention,
         )
+        apply_dropout(self.mae, dropout_specs)  # before compile: it sees the new modules
+        # None without a `mode: explicit` spec; `.rates` maps the hooked fc2 names to p
+        self.explicit_dropout = ExplicitDropoutPenalty.from_specs(self.mae, dropout_specs)
         if compile:
             # In place, so parameter names (and checkpoints) stay those of the plain modules.
             for block in [*encoder.blocks, *self.mae.decoder_blocks]:
@@ -139,8 +155,14 @@ class MAEPretraining(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0]
         ratio = self.current_mask_ratio()
+        if self.explicit_dropout is not None:
+            self.explicit_dropout.reset()
         loss, _, _ = self.mae(images, ratio, self.hparams.masking)
         self.log("train/loss", loss, prog_bar=True)
+        if self.explicit_dropout is not None:
+            penalty = self.explicit_dropout.pop()  # summed over the hooked fc2s
+            self.log("train/dropout_penalty", penalty)
+            loss = loss + penalty
         if self.hparams.mask_ratio_range is not None or self.hparams.mask_ratio_end is not None:
             self.log("train/mask_ratio", ratio)
         return loss

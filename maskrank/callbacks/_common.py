@@ -1,0 +1,141 @@
+"""Plumbing shared by the rank-monitoring callbacks (no metric math here: that is maskrank.metrics).
+
+* the fixed probe set of a maskrank datamodule, preprocessed on the module's device;
+* a context that puts a module in eval mode and restores every submodule's own mode afterwards;
+* logging: scalars computed on rank zero reach every logger (and ``trainer.callback_metrics``)
+  through ``pl_module.log`` after a broadcast, so all ranks log the same values;
+* readable short names for ViT weights (``enc.b03.qkv``, ``dec.b01.fc2``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import nn
+
+__all__ = [
+    "block_index_name",
+    "due_after_validation",
+    "eval_mode",
+    "log_from_rank_zero",
+    "module_type_name",
+    "probe_images",
+    "short_module_name",
+    "tensorboard",
+]
+
+# ``blocks.3.attn.qkv`` / ``decoder_blocks.1.mlp.fc2`` anywhere in a parameter or module name.
+_BLOCK_RE = re.compile(r"(?:^|\.)(decoder_blocks|blocks)\.(\d+)\.(.+?)(?:\.weight)?$")
+
+
+def block_index_name(index: int) -> str:
+    """``3 -> 'b03'``: zero-padded block index used in every tag (0-based, as in timm)."""
+    return f"b{index:02d}"
+
+
+def short_module_name(name: str) -> str:
+    """A short readable name for a parameter or module of a timm ViT or an MAE.
+
+    ``mae.encoder.blocks.3.attn.qkv.weight`` and ``model.blocks.3.attn.qkv`` -> ``enc.b03.qkv``;
+    ``mae.decoder_blocks.1.mlp.fc2.weight`` -> ``dec.b01.fc2``; ``...blocks.2.mlp`` -> ``enc.b02.mlp``.
+    Anything else keeps its path without ``.weight`` and the ``mae.``/``model.`` prefix, with
+    ``encoder.`` shortened to ``enc.`` (e.g. ``enc.patch_embed.proj``).
+    """
+    match = _BLOCK_RE.search(name)
+    if match is not None:
+        where = "dec" if match.group(1) == "decoder_blocks" else "enc"
+        leaf = match.group(3).split(".")[-1]  # attn.qkv -> qkv, mlp.fc2 -> fc2, mlp -> mlp
+        return f"{where}.{block_index_name(int(match.group(2)))}.{leaf}"
+    short = name.removesuffix(".weight")
+    for prefix in ("mae.", "model."):
+        short = short.removeprefix(prefix)
+    return re.sub(r"^encoder\.", "enc.", short)
+
+
+def module_type_name(short: str) -> str:
+    """``enc.b03.qkv -> enc.qkv``: the per-type key that block summaries average over."""
+    parts = short.split(".")
+    if len(parts) == 3 and re.fullmatch(r"b\d+", parts[1]):
+        return f"{parts[0]}.{parts[2]}"
+    return short
+
+
+def tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
+    """The trainer's first TensorBoardLogger (histograms and images need one), or None."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def due_after_validation(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """True at the end of a real validation epoch (not the sanity check) every ``every_n_epochs``.
+
+    A stand-alone ``trainer.validate`` (``maskrank validate``) always measures.
+    """
+    if trainer.sanity_checking:
+        return False
+    if trainer.state.fn != TrainerFn.FITTING:
+        return True
+    return (trainer.current_epoch + 1) % every_n_epochs == 0
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block; afterwards every submodule gets its own previous mode back."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def probe_images(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, n: int, owner: str, warned: set[str]
+) -> torch.Tensor | None:
+    """The datamodule's fixed probe set of ``n`` images, normalized, on ``pl_module``'s device.
+
+    Returns float images (N, C, H, W) in the dtype of the module's floating parameters (so a
+    ``bf16-true`` run gets bf16 input), or None with one warning (per ``owner``, tracked in
+    ``warned``) when the datamodule has no ``probe_batch``/``preprocess`` (not a maskrank one).
+    Every rank takes the same decision, so a None never desynchronizes DDP collectives.
+    """
+    dm = trainer.datamodule
+    if dm is None or not hasattr(dm, "probe_batch") or not hasattr(dm, "preprocess"):
+        if owner not in warned:
+            warned.add(owner)
+            rank_zero_warn(
+                f"{owner} needs a maskrank datamodule (with probe_batch and preprocess); skipped."
+            )
+        return None
+    raw, _ = dm.probe_batch(n)  # uint8 (N, C, H, W), a fixed held-out subset
+    images = dm.preprocess(raw.to(pl_module.device), train=False)  # (N, C, H, W) float32
+    dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), images.dtype)
+    return images.to(dtype)
+
+
+def log_from_rank_zero(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, metrics: Mapping[str, float] | None
+) -> dict[str, float]:
+    """Log scalars computed on rank zero (``metrics`` is ignored on the other ranks).
+
+    Under DDP the dict is broadcast, so every rank logs the same keys and values through
+    ``pl_module.log``; Lightning writes them once to every logger at the end of the current
+    epoch-level hook and puts them in ``trainer.callback_metrics`` on all ranks (they can be
+    monitored). ``sync_dist=True`` with ``reduce_fx="max"`` reduces identical values, so it is
+    exact; it only keeps Lightning from warning about unsynced epoch-level values. Call from an
+    epoch-end hook, on every rank. Returns the logged dict.
+    """
+    values = dict(metrics or {})
+    distributed = trainer.world_size > 1
+    if distributed:
+        values = trainer.strategy.broadcast(values, src=0)
+    for key, value in values.items():
+        pl_module.log(key, float(value), sync_dist=distributed, reduce_fx="max")
+    return values

@@ -1,0 +1,260 @@
+"""Rank of the encoder's representations on a fixed probe set (SCIENCE.md §1-2).
+
+After every ``every_n_epochs`` validation epochs (never in the sanity check) the encoder embeds the
+datamodule's fixed held-out probe set (``probe_batch``), unaugmented, in eval mode and without
+masking, through ``pl_module.encode`` (``MAEPretraining`` and ``ImageClassifier`` both have it).
+Under DDP each rank embeds a contiguous shard, the features are gathered, and rank zero decomposes
+them, so the numbers do not depend on the number of devices.
+
+Logged (``<where>`` = ``final_cls``, ``final_mean``, ``block03_cls``, ``block03_mean``, ``tokens``):
+
+* ``rank/<where>/<metric>`` scalars. For ``final_*`` and ``tokens``: ``effective_rank`` (RankMe, on
+  raw features), ``stable_rank``, ``numerical_rank_1e-3``, ``energy_rank_0.9``,
+  ``energy_rank_0.99``, ``normalized_nuclear_norm``, and on the centred covariance ``alpha_req`` and
+  ``participation_ratio``. Per block only ``effective_rank`` and ``stable_rank``, unless
+  ``all_metrics`` (then per block the full set, and everywhere also ``nuclear_norm``,
+  ``spectral_norm`` and ``frobenius_norm``, which depend on the feature scale).
+* ``spectrum/<where>`` histograms of the singular values (final features and tokens; every block
+  too with ``all_metrics``) and a ``spectrum_plot/representation`` image: ``σ_k / σ_1`` against
+  ``k`` (log scale) for the final features, and the effective rank of every block's CLS and mean
+  token. Both need a TensorBoardLogger; the scalars go to every logger.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytorch_lightning as pl
+import torch
+from matplotlib.figure import Figure
+from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor
+
+from maskrank.callbacks._common import (
+    due_after_validation,
+    eval_mode,
+    log_from_rank_zero,
+    probe_images,
+    tensorboard,
+)
+from maskrank.metrics import (
+    alpha_req,
+    covariance_eigenvalues,
+    participation_ratio,
+    singular_values,
+    spectrum_metrics,
+)
+
+__all__ = ["RepresentationRankMonitor", "merge_shards", "shard_bounds"]
+
+_FALLBACK_PROBE_SIZE = 2048  # when the module has no ``encoder.embed_dim`` to scale from
+_SCALE_METRICS = ("nuclear_norm", "spectral_norm", "frobenius_norm")
+_BLOCK_METRICS = ("effective_rank", "stable_rank")
+
+
+def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
+    """Contiguous ``[start, stop)`` shards of ``range(n)`` for ``world`` ranks (sizes differ <= 1)."""
+    sizes = [n // world + (1 if r < n % world else 0) for r in range(world)]
+    starts = [sum(sizes[:r]) for r in range(world)]
+    return [(s, s + size) for s, size in zip(starts, sizes, strict=True)]
+
+
+def merge_shards(gathered: Tensor, sizes: list[int]) -> Tensor:
+    """Undo the sharding: ``gathered`` (world, n_pad, ...) -> (sum(sizes), ...) in probe order."""
+    return torch.cat([gathered[r, :size] for r, size in enumerate(sizes)])
+
+
+class RepresentationRankMonitor(pl.Callback):
+    """Log the spectrum metrics of encoder features on a fixed probe set (SCIENCE.md §1-2).
+
+    Args:
+        every_n_epochs: measure after every this many validation epochs of a fit (a stand-alone
+            validate always measures). The default 5 keeps the cost near 1-1.5 % of training:
+            the probe forward pass of 10·D full-token images costs about 5-7 % of a CIFAR-10
+            epoch of ViT-Tiny MAE (measured on CPU by scripts/bench_callbacks.py).
+        probe_size: images in the probe set; None means 10 x the encoder width (RankMe needs about
+            10·D samples), clamped to the held-out split's size. Keep it fixed to compare runs.
+        batch_size: images per forward pass of the probe (memory, not results).
+        per_block: also measure the CLS and mean-patch token after every encoder block.
+        token_matrix: also measure the matrix of all final patch tokens, shape (N·L, D).
+        all_metrics: log every metric for every feature (per block too), norms included; the
+            default keeps per-block tags to effective and stable rank.
+        histograms: log singular-value histograms ``spectrum/<where>`` (TensorBoard only).
+        plot: log the ``spectrum_plot/representation`` figure (TensorBoard only).
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        probe_size: int | None = None,
+        batch_size: int = 256,
+        per_block: bool = True,
+        token_matrix: bool = False,
+        all_metrics: bool = False,
+        histograms: bool = True,
+        plot: bool = True,
+    ) -> None:
+        if every_n_epochs < 1 or batch_size < 1 or (probe_size is not None and probe_size < 2):
+            raise ValueError(
+                "RepresentationRankMonitor: every_n_epochs and batch_size must be >= 1 and "
+                f"probe_size >= 2 or None, got {every_n_epochs}, {batch_size}, {probe_size}"
+            )
+        self.every_n_epochs = every_n_epochs
+        self.probe_size = probe_size
+        self.batch_size = batch_size
+        self.per_block = per_block
+        self.token_matrix = token_matrix
+        self.all_metrics = all_metrics
+        self.histograms = histograms
+        self.plot = plot
+        self.last_metrics: dict[str, float] = {}
+        self._warned: set[str] = set()
+
+    def extra_repr(self) -> str:
+        """The configuration, for ``repr``."""
+        return (
+            f"every_n_epochs={self.every_n_epochs}, probe_size={self.probe_size}, "
+            f"per_block={self.per_block}, token_matrix={self.token_matrix}, "
+            f"all_metrics={self.all_metrics}"
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    # ------------------------------------------------------------------------------ hooks
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not due_after_validation(trainer, self.every_n_epochs):
+            return
+        if not callable(getattr(pl_module, "encode", None)):
+            if "encode" not in self._warned:
+                self._warned.add("encode")
+                rank_zero_warn(
+                    "RepresentationRankMonitor needs a module with .encode(images); skipped."
+                )
+            return
+        images = probe_images(
+            trainer, pl_module, self._size(pl_module), type(self).__name__, self._warned
+        )
+        if images is None:
+            return
+        features = self._gather_features(trainer, pl_module, images)  # every rank takes part
+        metrics = None
+        if trainer.is_global_zero:
+            metrics, spectra = self._measure(features)
+            self._log_pictures(trainer, spectra, metrics)
+        self.last_metrics = log_from_rank_zero(trainer, pl_module, metrics)
+
+    # ------------------------------------------------------------------------------ features
+    def _size(self, pl_module: pl.LightningModule) -> int:
+        if self.probe_size is not None:
+            return self.probe_size
+        width = getattr(getattr(pl_module, "encoder", None), "embed_dim", None)
+        return 10 * int(width) if width else _FALLBACK_PROBE_SIZE
+
+    @torch.no_grad()
+    def _features(self, pl_module: pl.LightningModule, images: Tensor) -> dict[str, Tensor]:
+        """Unmasked features of ``images`` (n, C, H, W), float32: name -> (n, D) or (n, L, D)."""
+        parts: dict[str, list[Tensor]] = {}
+        with eval_mode(pl_module):
+            for chunk in images.split(self.batch_size):  # (b, C, H, W)
+                f = pl_module.encode(chunk)
+                out = {"final_cls": f.cls, "final_mean": f.patch_mean}  # (b, D) each
+                if self.per_block:
+                    for i, (cls, mean) in enumerate(zip(f.block_cls, f.block_mean, strict=True)):
+                        out[f"block{i:02d}_cls"] = cls  # (b, D)
+                        out[f"block{i:02d}_mean"] = mean  # (b, D)
+                if self.token_matrix:
+                    out["tokens"] = f.tokens  # (b, L, D)
+                for key, value in out.items():
+                    parts.setdefault(key, []).append(value.float())
+        return {key: torch.cat(chunks) for key, chunks in parts.items()}
+
+    def _gather_features(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor
+    ) -> dict[str, Tensor]:
+        """Features of the whole probe set on every rank: each rank embeds one contiguous shard."""
+        world = trainer.world_size
+        if world == 1:
+            return self._features(pl_module, images)
+        bounds = shard_bounds(images.shape[0], world)
+        sizes = [stop - start for start, stop in bounds]
+        start, stop = bounds[trainer.global_rank]
+        shard = images[start:stop]  # (n_r, C, H, W)
+        pad = max(sizes) - shard.shape[0]  # all_gather needs equal shapes
+        if pad:
+            shard = torch.cat([shard, images[:1].expand(pad, *images.shape[1:])])
+        gathered = pl_module.all_gather(self._features(pl_module, shard))  # (world, n_pad, ...)
+        return {key: merge_shards(value, sizes) for key, value in gathered.items()}
+
+    # ------------------------------------------------------------------------------ metrics
+    def _measure(self, features: dict[str, Tensor]) -> tuple[dict[str, float], dict[str, Tensor]]:
+        """Scalars ``rank/<where>/<metric>`` and singular values (K,) per ``<where>``."""
+        metrics: dict[str, float] = {}
+        spectra: dict[str, Tensor] = {}
+        for where, value in features.items():
+            x = value.reshape(-1, value.shape[-1]).double().cpu()  # (N or N·L, D)
+            sv = singular_values(x)  # (min(N, D),) descending
+            spectra[where] = sv
+            full = self.all_metrics or not where.startswith("block")
+            values = self._matrix_metrics(x, sv, full)
+            metrics.update({f"rank/{where}/{name}": v for name, v in values.items()})
+        return metrics, spectra
+
+    def _matrix_metrics(self, x: Tensor, sv: Tensor, full: bool) -> dict[str, float]:
+        """Metrics of one feature matrix ``x`` (N, D) with singular values ``sv``."""
+        spec = spectrum_metrics(sv=sv)
+        if not full:
+            return {name: spec[name] for name in _BLOCK_METRICS}
+        if not self.all_metrics:
+            spec = {k: v for k, v in spec.items() if k not in _SCALE_METRICS}
+        eig = covariance_eigenvalues(x)  # (D,) of the centred covariance
+        spec["participation_ratio"] = participation_ratio(eigenvalues=eig)
+        try:
+            spec["alpha_req"] = alpha_req(eigenvalues=eig)
+        except ValueError:  # rank < 2 (e.g. collapsed features): no slope to fit, not logged
+            pass
+        return spec
+
+    # ------------------------------------------------------------------------------ pictures
+    def _log_pictures(
+        self, trainer: pl.Trainer, spectra: dict[str, Tensor], metrics: dict[str, float]
+    ) -> None:
+        logger = tensorboard(trainer)
+        if logger is None:
+            return
+        step = trainer.global_step
+        if self.histograms:
+            for where, sv in spectra.items():
+                if self.all_metrics or not where.startswith("block"):
+                    logger.experiment.add_histogram(f"spectrum/{where}", sv.float(), step)
+        if self.plot:
+            figure = spectrum_figure(spectra, metrics)
+            logger.experiment.add_figure("spectrum_plot/representation", figure, step, close=False)
+
+
+def spectrum_figure(spectra: dict[str, Tensor], metrics: dict[str, float]) -> Figure:
+    """Left: ``σ_k / σ_1`` against ``k`` (log) for final features; right: per-block effective rank.
+
+    A pyplot-free Agg figure (no global matplotlib state, safe without a display).
+    """
+    figure = Figure(figsize=(9.0, 3.4), dpi=80, layout="constrained")
+    left, right = figure.subplots(1, 2)
+    for where in ("final_cls", "final_mean", "tokens"):
+        if where in spectra:
+            sv = spectra[where]  # (K,) descending
+            rel = (sv / sv[0].clamp_min(1e-300)).clamp_min(1e-12)
+            left.semilogy(range(1, sv.numel() + 1), rel.numpy(), label=where)
+    left.set(xlabel="k", ylabel="σ_k / σ_1", title="spectrum of final features")
+    left.legend(fontsize=8)
+    for kind in ("cls", "mean"):
+        curve = sorted(
+            (int(m.group(1)), value)
+            for key, value in metrics.items()
+            if (m := re.fullmatch(rf"rank/block(\d+)_{kind}/effective_rank", key))
+        )  # [(block, effective rank)]
+        if curve:
+            right.plot(*zip(*curve, strict=True), marker="o", label=kind)
+    right.set(xlabel="block", ylabel="effective rank", title="effective rank per block")
+    if right.has_data():
+        right.legend(fontsize=8)
+    return figure
