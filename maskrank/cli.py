@@ -78,7 +78,13 @@ def main(args: list[str] | None = None) -> None:
 
     User mistakes (:class:`maskrank.errors.MaskRankError`) are printed as one line on stderr and
     exit with status 2, like argument errors; everything else propagates with its traceback.
+    ``maskrank sweep ...`` and ``maskrank report ...`` go to :mod:`maskrank.sweep`.
     """
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in ("sweep", "report"):
+        from maskrank.sweep import dispatch
+
+        return dispatch(list(argv))
     try:
         build_cli(args)
     except Exception as err:
