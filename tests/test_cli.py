@@ -135,3 +135,18 @@ def test_python_dash_m_is_the_same_command():
         [sys.executable, "-m", "maskrank", "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "fit" in out and "validate" in out and "predict" in out
+
+
+def test_pretrain_checkpoint_validates_and_resumes(tmp_path):
+    model = {
+        "class_path": "maskrank.tasks.MAEPretraining",
+        "init_args": {"vit": TINY_VIT, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    }
+    cfg = str(_config(tmp_path, model))
+    main(["fit", "-c", cfg])
+    last = tmp_path / "runs" / "exp" / "version_0" / "checkpoints" / "last.ckpt"
+    # LightningCLI re-instantiates the model from the checkpoint's hyperparameters
+    cli = build_cli(["validate", "-c", cfg, "--ckpt_path", str(last)])
+    assert "val/loss" in cli.trainer.callback_metrics
+    cli = build_cli(["fit", "-c", cfg, "--ckpt_path", str(last), "--trainer.max_epochs", "2"])
+    assert cli.trainer.current_epoch == 2

@@ -111,6 +111,10 @@ class MAEPretraining(pl.LightningModule):
         dropout_specs = as_dropout_specs(dropout, "model.init_args.dropout")
         self.save_hyperparameters(ignore=["vit", "dropout"])
         self.hparams["vit"] = asdict(spec)
+        # The CLI links data.num_classes into every model; LightningCLI records it among the
+        # given hyperparameters even though this task has no such argument. Drop it, or a
+        # checkpoint could not be re-instantiated (validate/test/resume with --ckpt_path).
+        self.hparams.pop("num_classes", None)
         self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
         encoder = spec.build(img_size=img_size, in_chans=in_chans, num_classes=0)
         self.mae = MaskedAutoencoder(
