@@ -67,7 +67,11 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MaskRankCLI:
         auto_configure_optimizers=False,
         seed_everything_default=0,
         trainer_defaults={"logger": DEFAULT_LOGGER},
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={
+            "parser_mode": "omegaconf",
+            "epilog": "Also: `maskrank sweep SWEEP.yaml` (ablation grids) and `maskrank report DIR` "
+            "(tables and plots of a sweep or run); each takes --help.",
+        },
         args=args,
         run=run,
     )

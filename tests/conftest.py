@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from maskrank.models.vit import ViTSpec
-
-TINY_VIT = dict(preset="vit_nano_32", patch_size=8, embed_dim=64, depth=2, num_heads=2)
+from tests_helpers import TINY_VIT
 
 
 @pytest.fixture

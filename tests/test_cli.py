@@ -10,19 +10,7 @@ import pytest
 import yaml
 
 from maskrank.cli import build_cli, main
-from tests_helpers import event_tags
-
-TINY_DATA = {
-    "class_path": "maskrank.data.SyntheticLowRank",
-    "init_args": {
-        "num_classes": 4,
-        "class_rank": 2,
-        "train_size": 64,
-        "val_size": 32,
-        "batch_size": 16,
-    },
-}
-TINY_VIT = {"preset": "vit_nano_32", "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
+from tests_helpers import TINY_DATA, TINY_VIT, event_tags
 
 
 def _config(tmp_path: Path, model: dict, **trainer) -> Path:

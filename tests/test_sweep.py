@@ -16,19 +16,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from maskrank.cli import main
 from maskrank.errors import ConfigError
 from maskrank.sweep import run_sweep
-from tests_helpers import event_tags
+from tests_helpers import TINY_DATA, TINY_VIT, event_tags
 
-TINY_VIT = {"preset": "vit_nano_32", "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
-TINY_DATA = {
-    "class_path": "maskrank.data.SyntheticLowRank",
-    "init_args": {
-        "num_classes": 4,
-        "class_rank": 2,
-        "train_size": 64,
-        "val_size": 32,
-        "batch_size": 16,
-    },
-}
 TRAINER = {
     "max_epochs": 1,
     "log_every_n_steps": 1,

@@ -6,6 +6,20 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+# The tiny ViT every test uses (img 32, patch 8, dim 64, depth 2) and, as a config entry, the tiny
+# SyntheticLowRank datamodule the CLI tests train on.
+TINY_VIT = {"preset": "vit_nano_32", "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}
+TINY_DATA = {
+    "class_path": "maskrank.data.SyntheticLowRank",
+    "init_args": {
+        "num_classes": 4,
+        "class_rank": 2,
+        "train_size": 64,
+        "val_size": 32,
+        "batch_size": 16,
+    },
+}
+
 
 def event_tags(run_dir: Path, kind: str = "scalars") -> set[str]:
     """All tags of one kind ("scalars", "images", "histograms") in a run directory's event files."""

@@ -144,7 +144,7 @@ class FeatureDropout(nn.Dropout):
         return f"p={self.p:g}"
 
 
-class AttentionDropout(nn.Dropout):
+class AttentionDropout(FeatureDropout):
     """Dropout on attention weights (:func:`attention_dropout`) for ``Attention.attn_drop``.
 
     Works with both timm attention paths: the matmul path calls this module on the softmax weights
@@ -155,12 +155,6 @@ class AttentionDropout(nn.Dropout):
     Args:
         p: drop probability in [0, 1).
     """
-
-    def __init__(self, p: float) -> None:
-        super().__init__(check_rate(p))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p:g}"
 
 
 class DropConnectLinear(nn.Linear):

@@ -198,7 +198,6 @@ class ExplicitDropoutPenalty:
         self.fc2_rates: dict[nn.Module, float] = {}  # hooked fc2 module -> p (for monitors)
         self._handles: list[RemovableHandle] = []
         self._terms: list[Tensor] = []  # 0-d penalty per hooked fc2 call since the last pop
-        self._fc2s: list[nn.Linear] = []
         self.add(model, rate, where, blocks, flag)
 
     def add(
@@ -221,7 +220,6 @@ class ExplicitDropoutPenalty:
                 raise ConfigError(f"{flag}: {name} already carries an explicit dropout penalty")
             self.rates[name] = p
             self.fc2_rates[fc2] = p
-            self._fc2s.append(fc2)
             self._handles.append(fc2.register_forward_pre_hook(partial(self._record, p)))
 
     @classmethod
@@ -252,7 +250,8 @@ class ExplicitDropoutPenalty:
         """Sum of the terms recorded since the last reset/pop (0-d; 0 if none), then reset."""
         terms, self._terms = self._terms, []
         if not terms:
-            return torch.zeros((), device=self._fc2s[0].weight.device if self._fc2s else None)
+            fc2 = next(iter(self.fc2_rates), None)
+            return torch.zeros((), device=fc2.weight.device if fc2 is not None else None)
         return sum(terms[1:], terms[0])
 
     def remove(self) -> None:
@@ -260,7 +259,7 @@ class ExplicitDropoutPenalty:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self._fc2s.clear()
+        self.fc2_rates.clear()
         self._terms.clear()
 
     def __repr__(self) -> str:

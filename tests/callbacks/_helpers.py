@@ -7,8 +7,9 @@ import torch
 from maskrank.data import SyntheticLowRank
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import MAEPretraining
+from tests_helpers import TINY_VIT
 
-TINY_VIT = dict(preset="vit_nano_32", patch_size=8, embed_dim=64, depth=2, num_heads=2)
+__all__ = ["TINY_VIT", "tiny_data", "tiny_mae"]
 
 
 def tiny_mae(proj_drop_rate: float = 0.0, seed: int = 0) -> MAEPretraining:

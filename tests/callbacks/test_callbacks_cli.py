@@ -7,9 +7,7 @@ from pathlib import Path
 import yaml
 
 from maskrank.cli import main
-from tests_helpers import event_tags
-
-from ._helpers import TINY_VIT
+from tests_helpers import TINY_DATA, TINY_VIT, event_tags
 
 CALLBACKS = [
     {
@@ -47,16 +45,7 @@ def _config(tmp_path: Path) -> Path:
                 "decoder_heads": 2,
             },
         },
-        "data": {
-            "class_path": "maskrank.data.SyntheticLowRank",
-            "init_args": {
-                "num_classes": 4,
-                "class_rank": 2,
-                "train_size": 64,
-                "val_size": 32,
-                "batch_size": 16,
-            },
-        },
+        "data": TINY_DATA,
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(cfg))
