@@ -7,7 +7,7 @@ the wrong shape is refused with a :class:`~maskrank.errors.MaskRankError` that n
 
 from __future__ import annotations
 
-import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -20,18 +20,21 @@ MAE_ENCODER_PREFIX = "mae.encoder."
 CLASSIFIER_PREFIX = "model."
 
 
-def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
-    """Load a checkpoint dict with ``weights_only=True``; one-line errors name the file."""
+def load_checkpoint(path: str | Path, flag: str = "--ckpt_path", mmap: bool = False) -> dict:
+    """Load a checkpoint dict with ``weights_only=True``; one-line errors name the file.
+
+    ``mmap=True`` maps the tensors of a (zip-format) checkpoint instead of reading them, for a cheap
+    check of a file that Lightning reads again anyway.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} ({flag}) does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        mmap = mmap and zipfile.is_zipfile(path)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # foreign bytes fail in arbitrary ways (KeyError for a text file, ...)
         raise CorruptFileError(
-            f"checkpoint {path} ({flag}) cannot be read as a torch checkpoint "
-            f"(truncated, foreign or unsafe file): {reason}"
+            f"checkpoint {path} ({flag}) cannot be read as a torch checkpoint: {_why_unreadable(err)}"
         ) from None
     if not isinstance(ckpt, dict):
         raise CorruptFileError(
@@ -39,6 +42,21 @@ def load_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
             "expected a dict with a state_dict"
         )
     return ckpt
+
+
+def _why_unreadable(err: Exception) -> str:
+    """A short reason for a failed ``torch.load`` (torch's own messages run to paragraphs)."""
+    text = " ".join(str(err).split())
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", text)
+        what = f" ({found.group(0)})" if found else ""
+        return (
+            f"it holds objects other than tensors and plain containers{what}, and unpickling "
+            "them could run code, so it is not loaded"
+        )
+    if isinstance(err, RuntimeError) and text:  # e.g. a truncated zip archive
+        return f"truncated or damaged ({text.split('. ')[0][:160]})"
+    return f"not a torch checkpoint ({type(err).__name__})"
 
 
 def encoder_state_dict(path: str | Path, flag: str = "model.init_args.encoder_ckpt") -> dict:
@@ -73,24 +91,32 @@ def load_encoder(
     """
     state = encoder_state_dict(path, flag)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    detail = state_dict_mismatch(own, state)
+    if detail:
+        raise ConfigError(
+            f"checkpoint {path} ({flag}) does not match the model's encoder architecture: {detail}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def state_dict_mismatch(own: dict, state: dict) -> str:
+    """What keeps ``state`` (a checkpoint's) from loading into ``own`` (a model's); "" if nothing.
+
+    Names up to three missing, unexpected and wrongly shaped weights each.
+    """
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = [
         f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
         for k, v in own.items()
-        if k in state and state[k].shape != v.shape
+        if k in state and hasattr(state[k], "shape") and state[k].shape != v.shape
     ]
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {missing[:3]}" if missing else "",
-                f"unexpected {unexpected[:3]}" if unexpected else "",
-                f"shape mismatch {wrong[:3]} (checkpoint vs model)" if wrong else "",
-            )
-            if part
+    return "; ".join(
+        part
+        for part in (
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            f"shape mismatch {wrong[:3]} (checkpoint vs model)" if wrong else "",
         )
-        raise ConfigError(
-            f"checkpoint {path} ({flag}) does not match the model's encoder architecture: {detail}"
-        )
-    model.load_state_dict(state, strict=False)
+        if part
+    )

@@ -9,19 +9,31 @@ or full ``class_path`` entries in YAML); configs are parsed in omegaconf mode, s
 interpolate (``${data.init_args.image_size}``). Every run writes its TensorBoard events, the resolved
 ``config.yaml`` and ``checkpoints/`` (``last.ckpt`` and the best by ``val/loss``) under
 ``runs/<experiment>/version_N/``, where ``<experiment>`` is ``trainer.logger.init_args.name``.
+
+Reliability defaults (see README "Reliability"): ``--ckpt_path last`` continues the newest run of the
+experiment in its own directory (:mod:`maskrank.resume`), checkpoints are written atomically
+(:mod:`maskrank.checkpoint_io`) with the RNG state and the position in the epoch, so the resumed fit
+ends with the weights of an uninterrupted one, a user-given checkpoint is checked before Lightning
+reads it, and ``--nan_guard.*`` (:class:`~maskrank.callbacks.NonFiniteGuard`) stops a fit before a
+NaN/inf loss reaches the weights.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
+from pytorch_lightning.plugins.io import CheckpointIO
 
 import maskrank.data  # noqa: F401  (registers the datamodules for --data NAME)
 import maskrank.tasks  # noqa: F401  (registers the tasks for --model NAME)
+from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint
+from maskrank.checkpoint_io import AtomicCheckpointIO
 from maskrank.errors import MaskRankError
+from maskrank.resume import RunConfigSaver, check_model_matches, prepare_ckpt_path
 
 DEFAULT_LOGGER = {
     "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
@@ -32,8 +44,11 @@ DEFAULT_LOGGER = {
 class MaskRankCLI(LightningCLI):
     """LightningCLI with maskrank's defaults: run directories, checkpoints and linked arguments."""
 
+    _ckpt: dict | None = None  # the checked --ckpt_path checkpoint (tensors mmap'ed), if any
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        # Always-on callbacks, configurable as --checkpoint.* and --lr_monitor.*.
+        # Always-on callbacks, configurable as --checkpoint.*, --lr_monitor.*, --nan_guard.*.
+        parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -56,6 +71,50 @@ class MaskRankCLI(LightningCLI):
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then resolve ``--ckpt_path last`` and check a given checkpoint file.
+
+        Runs before LightningCLI reads the checkpoint's hyperparameters, so a truncated or unsafe
+        file is refused here, with one line naming it, instead of failing inside torch.load.
+        """
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._ckpt = prepare_ckpt_path(self.config[subcommand], subcommand)
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        """The configured Trainer, plus atomic checkpoint writes and RNG state in checkpoints.
+
+        ``AtomicCheckpointIO`` is added unless ``trainer.plugins`` already holds a CheckpointIO.
+        """
+        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        plugins = [p for p in plugins if p is not None]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
+        if not any(isinstance(c, RngStateCheckpoint) for c in trainer.callbacks):
+            trainer.callbacks.append(RngStateCheckpoint())
+        return trainer
+
+    def _check_ckpt_fits_model(self) -> None:
+        """One clear line instead of Lightning's load_state_dict traceback; frees the checkpoint."""
+        ckpt, self._ckpt = self._ckpt, None
+        if ckpt is not None:
+            check_model_matches(self.model, ckpt, self.config[self.subcommand]["ckpt_path"])
+
+    def before_fit(self) -> None:
+        self._check_ckpt_fits_model()
+
+    def before_validate(self) -> None:
+        self._check_ckpt_fits_model()
+
+    def before_test(self) -> None:
+        self._check_ckpt_fits_model()
+
+    def before_predict(self) -> None:
+        self._check_ckpt_fits_model()
+
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> MaskRankCLI:
     """Construct (and with ``run=True`` execute) the CLI on ``args``; returns it for tests."""
@@ -67,6 +126,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MaskRankCLI:
         auto_configure_optimizers=False,
         seed_everything_default=0,
         trainer_defaults={"logger": DEFAULT_LOGGER},
+        save_config_callback=RunConfigSaver,
         parser_kwargs={
             "parser_mode": "omegaconf",
             "epilog": "Also: `maskrank sweep SWEEP.yaml` (ablation grids) and `maskrank report DIR` "
@@ -82,13 +142,18 @@ def main(args: list[str] | None = None) -> None:
 
     User mistakes (:class:`maskrank.errors.MaskRankError`) are printed as one line on stderr and
     exit with status 2, like argument errors; everything else propagates with its traceback.
-    ``maskrank sweep ...`` and ``maskrank report ...`` go to :mod:`maskrank.sweep`.
+    ``maskrank sweep ...`` and ``maskrank report ...`` go to :mod:`maskrank.sweep`;
+    ``maskrank lora-rank ...`` and ``maskrank export ...`` go to :mod:`maskrank.adapt_cli`.
     """
     argv = sys.argv[1:] if args is None else args
     if argv and argv[0] in ("sweep", "report"):
         from maskrank.sweep import dispatch
 
         return dispatch(list(argv))
+    if argv and argv[0] in ("lora-rank", "export"):
+        from maskrank.adapt_cli import dispatch as adapt_dispatch
+
+        return adapt_dispatch(list(argv))
     try:
         build_cli(args)
     except Exception as err:

@@ -27,3 +27,11 @@ class CorruptFileError(MaskRankError, ValueError):
 
 class ConfigError(MaskRankError, ValueError):
     """A config value is out of range or inconsistent with another value."""
+
+
+class NoCheckpointToResumeError(MissingFileError):
+    """``--ckpt_path last`` was given but no earlier run of the experiment left a ``last.ckpt``."""
+
+
+class NonFiniteLossError(MaskRankError, FloatingPointError):
+    """Training produced a NaN/inf loss or gradient and was stopped before it changed the weights."""

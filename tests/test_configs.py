@@ -27,3 +27,13 @@ def test_config_parses(config, capsys):
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["model"]["class_path"].startswith("maskrank.tasks.")
     assert resolved["data"]["class_path"].startswith("maskrank.data.")
+
+
+SWEEPS = sorted((Path(__file__).parent.parent / "configs" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("sweep", SWEEPS, ids=lambda p: p.name)
+def test_sweep_file_validates_every_cell(sweep, tmp_path, capsys):
+    # --dry-run parses every stage of every cell through the CLI parser and runs nothing
+    main(["sweep", str(sweep), "--dry-run", "--out", str(tmp_path / "sweep")])
+    assert "nothing was run" in capsys.readouterr().out

@@ -8,7 +8,10 @@ the CLI can link them into the model before ``setup``. Everything else lives her
 * ``on_after_batch_transfer`` (on the training device) turns them into normalized float32 and, while
   the trainer is training, applies a batched random resized crop and horizontal flip;
 * splits: ``train`` for fitting, and one held-out split for validate, test and predict;
-* :meth:`InMemoryImageDataModule.probe_batch` returns a fixed held-out subset for rank probes.
+* :meth:`InMemoryImageDataModule.probe_batch` returns a fixed held-out subset for rank probes;
+* the training order is a function of the run's seed and the epoch, and the datamodule's
+  ``state_dict`` records where in an epoch a checkpoint was written, so a resumed fit continues
+  with exactly the batches the uninterrupted run would have seen (see :mod:`maskrank.data.order`).
 """
 
 from __future__ import annotations
@@ -19,11 +22,18 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from maskrank.data.augment import random_hflip, random_resized_crop, to_float
 from maskrank.data.messages import require
+from maskrank.data.order import (
+    EpochShuffleSampler,
+    ResumableDataLoader,
+    resume_position,
+    shuffle_seed,
+)
 from maskrank.data.pairs import PairDataset, keep_batch
 from maskrank.errors import ConfigError
 
@@ -55,7 +65,9 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         train_subset: use only this many training images, the first ones after a shuffle seeded
             by ``seed`` (for quick experiments); ``None`` uses all of them. A value larger than
             the training set uses the whole set.
-        seed: seed for the ``train_subset`` shuffle and for the ``probe_batch`` subset.
+        seed: seed for the ``train_subset`` shuffle and for the ``probe_batch`` subset. The
+            per-epoch training shuffle uses the run's ``seed_everything`` seed instead (this one
+            when the run is not seeded), as Lightning's ``DistributedSampler`` does.
     """
 
     num_classes: int
@@ -93,6 +105,7 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         self.train_subset = train_subset
         self.seed = seed
         self._splits: dict[str, PairDataset] = {}
+        self._resume: dict[str, int] | None = None  # set by load_state_dict, used once
 
     # ----------------------------------------------------------------------------- geometry
     def _set_geometry(
@@ -148,15 +161,29 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
 
     # ----------------------------------------------------------------------------- loaders
     def _loader(self, data: PairDataset, train: bool) -> DataLoader:
-        """A standard DataLoader whose dataset returns whole batches via ``__getitems__``."""
-        return DataLoader(
-            data,  # type: ignore[arg-type]
+        """A DataLoader whose dataset returns whole batches via ``__getitems__``.
+
+        Training batches come in a per-epoch order fixed by the seed (:class:`EpochShuffleSampler`)
+        from a loader that can start mid-epoch after a restore. Every loader owns its generator,
+        so iterating one never advances the global RNG that augmentation, masking and dropout use.
+        """
+        common: dict[str, Any] = dict(
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
             num_workers=self.num_workers,
             collate_fn=keep_batch,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        if not train:
+            return DataLoader(data, shuffle=False, drop_last=False, **common)  # type: ignore[arg-type]
+        position, self._resume = self._resume or {}, None
+        return ResumableDataLoader(
+            data,  # type: ignore[arg-type]
+            sampler=EpochShuffleSampler(data, shuffle_seed(self.seed)),
+            drop_last=True,
+            start_epoch=position.get("epoch", 0),
+            skip_batches=position.get("skip_batches", 0),
+            **common,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -174,6 +201,24 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
     def predict_dataloader(self) -> DataLoader:
         """The held-out split, as for validation."""
         return self._loader(self._split("heldout"), train=False)
+
+    # ----------------------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """Lightning checkpoints this: where in the training order a resumed fit continues."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        return {"resume_position": resume_position(trainer)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the position when resuming a fit; the next ``train_dataloader()`` starts there.
+
+        Ignored for validate/test/predict, so a later fit with this datamodule starts at epoch 0.
+        """
+        position = state_dict.get("resume_position")
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if position is not None and fitting:
+            self._resume = {k: int(v) for k, v in position.items()}
 
     # ----------------------------------------------------------------------------- device side
     def preprocess(self, images_uint8: Tensor, train: bool) -> Tensor:

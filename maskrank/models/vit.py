@@ -40,8 +40,8 @@ def _resolve_preset(preset: str) -> tuple[str, dict[str, Any]]:
     if preset in PRESETS:
         arch, overrides = PRESETS[preset]
         return arch, dict(overrides)
-    if preset.startswith("vit_") and preset in timm.list_models("vit_*"):
-        return preset, {}  # any timm ViT architecture, randomly initialised
+    if preset.startswith("vit_") and preset.split(".")[0] in timm.list_models("vit_*"):
+        return preset, {}  # any timm ViT architecture (``name.tag`` picks pretrained weights)
     raise ConfigError(
         f"unknown ViT preset {preset!r} (model.init_args.vit.preset): expected one of "
         f"{sorted(PRESETS)} or a timm ViT name such as 'vit_small_patch16_224'"
@@ -66,12 +66,17 @@ def _validate(kwargs: dict[str, Any]) -> None:
             raise ConfigError(f"{key} = {rate} (model.init_args.vit.{key}) must be in [0, 1)")
 
 
-def build_vit(preset: str = "vit_tiny_32", **overrides: Any) -> VisionTransformer:
-    """Create a randomly initialised timm ``VisionTransformer`` from a preset and overrides.
+def build_vit(
+    preset: str = "vit_tiny_32", pretrained: bool = False, **overrides: Any
+) -> VisionTransformer:
+    """Create a timm ``VisionTransformer`` from a preset and overrides, randomly initialised.
 
     Args:
         preset: a key of :data:`PRESETS` (``vit_{nano,tiny,small,base}_32``,
-            ``vit_{tiny,small,base}_224``) or any timm ``vit_*`` architecture name.
+            ``vit_{tiny,small,base}_224``) or any timm ``vit_*`` architecture name (with a
+            pretrained tag such as ``.augreg_in21k`` when ``pretrained``).
+        pretrained: load timm's pretrained weights (downloaded once into the Hugging Face cache;
+            timm adapts the position embedding and patch kernels to ``img_size``/``patch_size``).
         **overrides: any ``VisionTransformer`` keyword: ``img_size``, ``patch_size``, ``embed_dim``,
             ``depth``, ``num_heads``, ``mlp_ratio``, ``in_chans``, ``num_classes``, ``drop_rate``,
             ``attn_drop_rate``, ``proj_drop_rate``, ``drop_path_rate``, ``global_pool``, ...
@@ -79,12 +84,24 @@ def build_vit(preset: str = "vit_tiny_32", **overrides: Any) -> VisionTransforme
 
     Raises:
         ConfigError: unknown preset, patch size not dividing the image size, width not divisible
-            by the number of heads, or a drop rate outside [0, 1).
+            by the number of heads, a drop rate outside [0, 1), or pretrained weights that
+            cannot be fetched (offline) or do not exist for ``preset``.
     """
     arch, kwargs = _resolve_preset(preset)
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     _validate(kwargs)
-    model = timm.create_model(arch, pretrained=False, **kwargs)
+    if not pretrained:
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+    else:
+        try:
+            model = timm.create_model(arch, pretrained=True, **kwargs)
+        except Exception as err:  # network, hub and missing-tag errors all end here
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise ConfigError(
+                f"cannot load timm's pretrained weights for {arch!r} (model.init_args.pretrained "
+                f"with vit.preset {preset!r}): {reason}; offline, start from a checkpoint with "
+                "model.init_args.encoder_ckpt instead"
+            ) from None
     if not isinstance(model, VisionTransformer):  # pragma: no cover - guarded by the name check
         raise ConfigError(f"{preset!r} is not a timm VisionTransformer")
     return model

@@ -1,4 +1,9 @@
-"""Supervised image classification with a timm ViT (training from scratch).
+"""Image classification with a timm ViT: from scratch, or adapting a pretrained encoder.
+
+``adaptation`` picks how a pretrained encoder (``encoder_ckpt`` from an MAE stage, or timm's
+``pretrained`` weights) is adapted: ``finetune`` (all weights, optional layer-wise lr decay),
+``linear_probe`` (frozen encoder, BatchNorm + linear head) or ``lora`` (low-rank adapters);
+see :mod:`maskrank.tasks.adaptation` (SCIENCE.md §6).
 
 Logged tags: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
 Batches arrive already normalized (and augmented in training) by the datamodule's
@@ -19,7 +24,10 @@ from maskrank.errors import ConfigError
 from maskrank.models.dropout import DropoutSpec, as_dropout_specs
 from maskrank.models.dropout_apply import ExplicitDropoutPenalty, apply_dropout
 from maskrank.models.features import EncoderFeatures, encoder_features
+from maskrank.models.lora import LoRASpec
+from maskrank.models.lora_io import as_lora_spec
 from maskrank.models.vit import ViTSpec, as_spec
+from maskrank.tasks.adaptation import Adaptation, check_adaptation, setup_adaptation
 from maskrank.tasks.optim import adamw, warmup_cosine_schedule
 
 
@@ -40,6 +48,16 @@ class ImageClassifier(pl.LightningModule):
         fused_adamw: use torch's fused AdamW kernel (None: fused on CPU and CUDA).
         encoder_ckpt: start from the encoder of this checkpoint (an MAE pretraining or classifier
             checkpoint, or a timm ViT state_dict); the head stays freshly initialised.
+        pretrained: start from timm's pretrained weights for ``vit.preset`` (a timm name such as
+            ``vit_small_patch16_224.augreg_in21k``; needs the network once, then timm's cache).
+        adaptation: ``finetune`` (every weight trains), ``linear_probe`` (frozen encoder in eval
+            mode; BatchNorm without affine + linear head) or ``lora`` (adapters from ``lora``;
+            adapters and head train).
+        layer_decay: layer-wise learning-rate decay for ``finetune`` (1.0: off; MAE uses
+            0.65-0.75): block ``i`` of ``L`` trains at ``lr · layer_decay^(L - i)``.
+        lora: adapter spec for ``adaptation: lora`` (``maskrank.models.lora.LoRASpec``: ``r``,
+            ``alpha``, ``dropout``, ``targets`` among qkv/proj/fc1/fc2, ``rank_pattern`` (a map
+            or the file written by ``maskrank lora-rank``), ``alpha_pattern``, ``engine``).
         dropout: dropout variant(s) installed in the ViT (``maskrank.models.dropout.DropoutSpec``:
             ``variant`` feature/attention/drop_path/dropconnect/token, ``rate``, ``where``,
             ``blocks``, ``targets``, ``mode``); a list combines variants. ``mode: explicit``
@@ -64,6 +82,10 @@ class ImageClassifier(pl.LightningModule):
         fused_adamw: bool | None = None,
         encoder_ckpt: str | None = None,
         dropout: DropoutSpec | list[DropoutSpec] | None = None,
+        pretrained: bool = False,
+        adaptation: Adaptation = "finetune",
+        layer_decay: float = 1.0,
+        lora: LoRASpec | None = None,
     ) -> None:
         super().__init__()
         spec = as_spec(vit)
@@ -74,20 +96,35 @@ class ImageClassifier(pl.LightningModule):
                 f"label_smoothing = {label_smoothing} (model.init_args.label_smoothing) "
                 "must be in [0, 1)"
             )
-        # The spec is stored as a plain dict so checkpoints load with weights_only=True.
+        check_adaptation(adaptation, layer_decay)
+        # Specs are stored as plain dicts so checkpoints load with weights_only=True; a rank map
+        # file is stored as its content, so the checkpoint does not depend on the file.
         dropout_specs = as_dropout_specs(dropout, "model.init_args.dropout")
-        self.save_hyperparameters(ignore=["vit", "dropout"])
+        lora_spec = as_lora_spec(lora) if adaptation == "lora" else None
+        self.save_hyperparameters(ignore=["vit", "dropout", "lora"])
         self.hparams["vit"] = asdict(spec)
         self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
-        self.model = spec.build(img_size=img_size, in_chans=in_chans, num_classes=num_classes)
+        self.hparams["lora"] = None if lora_spec is None else asdict(lora_spec)
+        self.model = spec.build(
+            img_size=img_size, in_chans=in_chans, num_classes=num_classes, pretrained=pretrained
+        )
         if encoder_ckpt is not None:
             load_encoder(self.model, encoder_ckpt)
         apply_dropout(self.model, dropout_specs)
+        setup_adaptation(self.model, adaptation, lora_spec)  # after loading: adapters wrap it
         # None without a `mode: explicit` spec; `.rates` maps the hooked fc2 names to p
         self.explicit_dropout = ExplicitDropoutPenalty.from_specs(self.model, dropout_specs)
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+    def train(self, mode: bool = True):
+        """A linear probe's frozen encoder stays in eval mode (no dropout, fixed statistics)."""
+        super().train(mode)
+        if self.hparams.adaptation == "linear_probe":
+            self.model.eval()
+            self.model.head.train(mode)
+        return self
 
     @property
     def encoder(self):
@@ -143,7 +180,15 @@ class ImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = adamw(self, hp.lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw)
+        optimizer = adamw(
+            self,
+            hp.lr,
+            hp.weight_decay,
+            tuple(hp.betas),
+            hp.fused_adamw,
+            layer_decay=hp.layer_decay,
+            layered=self.model,
+        )
         schedule = warmup_cosine_schedule(
             optimizer, self.trainer.estimated_stepping_batches, hp.warmup_fraction, hp.min_lr_ratio
         )

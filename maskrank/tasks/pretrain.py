@@ -171,6 +171,18 @@ class MAEPretraining(pl.LightningModule):
             self.log("train/mask_ratio", ratio)
         return loss
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The per-batch mask-ratio draws (mask_ratio_range) come from their own generator; a
+        # resumed fit continues its sequence instead of restarting it (plain ints: weights_only).
+        version, internal, gauss = self._ratio_rng.getstate()
+        checkpoint["mask_ratio_rng"] = [version, list(internal), gauss]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("mask_ratio_rng")
+        if state is not None:
+            version, internal, gauss = state
+            self._ratio_rng.setstate((version, tuple(internal), gauss))
+
     def on_validation_epoch_start(self) -> None:
         # Same masks every validation epoch, so val/loss curves compare like with like.
         self._val_generator = torch.Generator(device=self.device).manual_seed(VAL_MASK_SEED)

@@ -70,3 +70,21 @@ def test_bad_architecture_is_a_clear_config_error(kwargs, words):
 def test_unknown_preset_lists_the_choices():
     with pytest.raises(ConfigError, match="vit_tiny_32"):
         ViTSpec(preset="vit_huge_77").build(img_size=32)
+
+
+def test_pretrained_weights_offline_give_one_clear_line(monkeypatch):
+    import timm
+
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kw):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
+        return real(name, pretrained=False, **kw)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(
+        ConfigError, match=r"model\.init_args\.pretrained.*couldn't connect.*encoder_ckpt"
+    ):
+        build_vit("vit_tiny_patch16_224.augreg_in21k", pretrained=True, img_size=32, patch_size=4)
+    assert build_vit("vit_tiny_patch16_224.augreg_in21k", img_size=32).patch_embed.num_patches == 4

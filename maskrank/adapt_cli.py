@@ -1,0 +1,183 @@
+"""``maskrank lora-rank`` and ``maskrank export``: what to do with an adaptation checkpoint.
+
+    maskrank lora-rank runs/finetune/version_0/checkpoints/last.ckpt --out rank_map.yaml
+    maskrank fit -c configs/adapt/lora_cifar10.yaml --model.init_args.lora.rank_pattern rank_map.yaml
+    maskrank export runs/lora/version_0/checkpoints/last.ckpt --out exported/
+
+``lora-rank`` reads a full fine-tune (``ΔW = W - W₀``, with ``W₀`` the encoder it started from) or a
+LoRA run (``ΔW = (α/r) B A``), prints each module's spectrum summary (energy ranks at 0.9 and 0.99,
+effective and stable rank, ``‖ΔW‖_F / ‖W₀‖_F``) and writes the energy rank at ``--energy`` as a
+per-module rank map (SCIENCE.md §1 and §6). ``export`` writes the merged plain-timm model and, for
+LoRA, the adapter alone in peft's format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from pathlib import Path
+
+import torch
+
+from maskrank.checkpoints import encoder_state_dict, load_checkpoint
+from maskrank.errors import ConfigError, MaskRankError
+from maskrank.metrics import energy_rank_key, singular_values, spectrum_metrics
+from maskrank.models.lora import DEFAULT_TARGETS
+from maskrank.models.lora_io import adapter_deltas, save_adapter, save_merged, write_rank_map
+from maskrank.tasks.adaptation import fold_probe_head
+from maskrank.tasks.classification import ImageClassifier
+
+__all__ = ["dispatch", "load_classifier", "update_deltas"]
+
+
+def load_classifier(path: str | Path, flag: str = "CKPT") -> ImageClassifier:
+    """Rebuild the :class:`ImageClassifier` of a checkpoint (no file it was built from is read)."""
+    ckpt = load_checkpoint(path, flag)
+    hparams, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
+    if not isinstance(hparams, dict) or not isinstance(state, dict):
+        raise ConfigError(f"checkpoint {path} ({flag}) is not a maskrank training checkpoint")
+    if any(k.startswith("mae.") for k in state):
+        raise ConfigError(
+            f"checkpoint {path} ({flag}) is an MAE pretraining checkpoint; this command reads a "
+            "classifier checkpoint (stage 2: configs/adapt/*.yaml)"
+        )
+    accepted = set(inspect.signature(ImageClassifier.__init__).parameters) - {"self"}
+    kwargs = {k: v for k, v in hparams.items() if k in accepted}
+    kwargs.update(encoder_ckpt=None, pretrained=False)  # the weights come from the state dict
+    try:
+        model = ImageClassifier(**kwargs)
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0][:200]
+        raise ConfigError(
+            f"checkpoint {path} ({flag}) is not an ImageClassifier: {reason}"
+        ) from None
+    # what the run started from, for `lora-rank` (not read here)
+    model.hparams.update(encoder_ckpt=hparams.get("encoder_ckpt"))
+    return model.eval()
+
+
+def update_deltas(
+    model: ImageClassifier, base: str | Path | None, targets: list[str], flag: str = "--base"
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(ΔW, W₀)`` per module: ``(α/r) B A`` for LoRA, ``W - W₀`` for a fine-tune from ``base``."""
+    if model.hparams.adaptation == "lora":
+        deltas = adapter_deltas(model.model)
+        bases = {n: model.model.get_submodule(n).weight.detach() for n in deltas}
+        return deltas, bases
+    base = base or model.hparams.get("encoder_ckpt")
+    if base is None:
+        raise ConfigError(
+            f"{flag}: the fine-tune started from random weights (no encoder_ckpt in its "
+            "hyper-parameters); give the checkpoint it started from with --base"
+        )
+    start = encoder_state_dict(base, flag)
+    deltas, bases = {}, {}
+    for name, module in model.model.named_modules():
+        key = f"{name}.weight"
+        if isinstance(module, torch.nn.Linear) and any(
+            name == t or name.endswith("." + t) for t in targets
+        ):
+            if key not in start or start[key].shape != module.weight.shape:
+                raise ConfigError(f"checkpoint {base} ({flag}) has no weight {key} of this shape")
+            bases[name] = start[key]
+            deltas[name] = module.weight.detach() - start[key]
+    if not deltas:
+        raise ConfigError(f"--targets {targets} match no Linear layer of the encoder")
+    return deltas, bases
+
+
+def _lora_rank(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="maskrank lora-rank",
+        description="Per-module LoRA ranks from the energy spectrum of a fine-tune's update.",
+    )
+    parser.add_argument("ckpt", help="classifier checkpoint of a finetune or lora run")
+    parser.add_argument(
+        "--base",
+        help="checkpoint the fine-tune started from (default: its model.init_args.encoder_ckpt)",
+    )
+    parser.add_argument(
+        "--energy",
+        type=float,
+        default=0.9,
+        help="rank = smallest k holding this fraction of ‖ΔW‖_F² (default 0.9)",
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        default=list(DEFAULT_TARGETS),
+        help="Linear layers to analyse, by name suffix (default qkv proj fc1 fc2)",
+    )
+    parser.add_argument("--min-rank", type=int, default=1, help="lower clamp (default 1)")
+    parser.add_argument("--max-rank", type=int, default=64, help="upper clamp (default 64)")
+    parser.add_argument("--out", default="rank_map.yaml", help="rank map to write")
+    args = parser.parse_args(argv)
+    if not 0.0 < args.energy <= 1.0:
+        raise ConfigError(f"--energy {args.energy} must be in (0, 1]")
+    if not 0 <= args.min_rank <= args.max_rank:
+        raise ConfigError(
+            f"--min-rank {args.min_rank} / --max-rank {args.max_rank}: need 0 <= min <= max"
+        )
+    model = load_classifier(args.ckpt)
+    deltas, bases = update_deltas(model, args.base, args.targets)
+    key = energy_rank_key(args.energy)
+    energies = sorted({0.9, 0.99, args.energy})
+    print(
+        f"{'module':<24} {'shape':>10} {'e90':>5} {'e99':>5} {'erank':>7} {'stable':>7} "
+        f"{'|dW|/|W0|':>10} {'rank':>5}"
+    )
+    ranks = {}
+    for name, delta in deltas.items():
+        sv = singular_values(delta)
+        m = spectrum_metrics(sv=sv, energies=energies)
+        rel = float(sv.norm() / bases[name].double().norm().clamp_min(1e-12))
+        ranks[name] = int(min(args.max_rank, max(args.min_rank, m[key])))
+        shape = "x".join(map(str, delta.shape))
+        print(
+            f"{name:<24} {shape:>10} {m['energy_rank_0.9']:>5.0f} {m['energy_rank_0.99']:>5.0f} "
+            f"{m['effective_rank']:>7.2f} {m['stable_rank']:>7.2f} {rel:>10.4f} {ranks[name]:>5}"
+        )
+    write_rank_map(
+        args.out,
+        ranks,
+        source=str(args.ckpt),
+        energy=args.energy,
+        adaptation=model.hparams.adaptation,
+    )
+    total = sum(ranks.values())
+    print(
+        f"wrote {args.out}: {len(ranks)} modules, mean rank {total / len(ranks):.1f}; use it with "
+        f"--model.init_args.lora.rank_pattern {args.out}"
+    )
+
+
+def _export(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="maskrank export",
+        description="Write a classifier checkpoint as a plain timm model (adapters merged, "
+        "a linear probe's BatchNorm folded) and, for LoRA, the adapter alone in peft's format.",
+    )
+    parser.add_argument("ckpt", help="classifier checkpoint (finetune, linear_probe or lora)")
+    parser.add_argument("--out", required=True, help="folder to write timm/ (and adapter/) into")
+    args = parser.parse_args(argv)
+    model = load_classifier(args.ckpt)
+    vit = model.model
+    out = Path(args.out)
+    if model.hparams.adaptation == "lora":
+        adapter = save_adapter(vit, out / "adapter", dropout=model.hparams.lora["dropout"])
+        print(f"adapter: {adapter}  (peft.PeftModel.from_pretrained(timm_model, '{adapter}'))")
+    vit.head = fold_probe_head(vit.head)
+    merged = save_merged(vit, out / "timm")
+    print(f"timm model: {merged}  (timm.create_model('local-dir:{merged}', pretrained=True))")
+
+
+def dispatch(argv: list[str]) -> None:
+    """``maskrank lora-rank ...`` and ``maskrank export ...``; user mistakes exit 2, one line."""
+    command, rest = argv[0], list(argv[1:])
+    try:
+        {"lora-rank": _lora_rank, "export": _export}[command](rest)
+    except MaskRankError as err:
+        print(f"maskrank: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

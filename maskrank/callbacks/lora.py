@@ -1,0 +1,76 @@
+"""Spectra of LoRA updates ``ΔW = (α/r) B A`` while they train (SCIENCE.md §1, §6).
+
+Every ``every_n_steps`` optimizer steps, for every adapted layer (``<module>`` a short name such as
+``enc.b03.qkv``), logs ``lora/<module>/``: ``effective_rank``, ``stable_rank``,
+``energy_rank_0.9``, ``energy_rank_0.99`` and ``frobenius_norm`` of ``ΔW``, and their averages over
+blocks as ``lora/<type>_mean/<metric>`` (e.g. ``lora/enc.qkv_mean/effective_rank``). The rank used
+is at most ``r``; how much of it the update fills is the measured answer to "how large must r be".
+
+``ΔW`` is never formed: with thin QR factors ``B = Q_B R_B`` and ``Aᵀ = Q_A R_A``,
+``ΔW = (α/r) Q_B (R_B R_Aᵀ) Q_Aᵀ`` has the singular values of the r x r matrix
+``(α/r) R_B R_Aᵀ``, exactly, so a measurement costs O((d + k) r²) per layer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+
+from maskrank.callbacks._common import module_type_name, short_module_name
+from maskrank.metrics import singular_values, spectrum_metrics
+from maskrank.models.lora import LoRAView, lora_layers
+
+__all__ = ["LoRASpectrumMonitor", "lora_singular_values"]
+
+_KEYS = ("effective_rank", "stable_rank", "energy_rank_0.9", "energy_rank_0.99", "frobenius_norm")
+
+
+@torch.no_grad()
+def lora_singular_values(view: LoRAView) -> Tensor:
+    """Singular values (r,) of ``(α/r) B A`` from its factors, float64, descending."""
+    _, r_b = torch.linalg.qr(view.lora_b.detach().double())  # (r, r)
+    _, r_a = torch.linalg.qr(view.lora_a.detach().double().t())  # (r, r)
+    return singular_values(view.scaling * (r_b @ r_a.t()))
+
+
+class LoRASpectrumMonitor(pl.Callback):
+    """Log the spectrum of every LoRA update ``(α/r) B A`` (SCIENCE.md §6).
+
+    Args:
+        every_n_steps: measure after every this many optimizer steps.
+        per_module: log a tag per adapted layer; False keeps only the per-type averages.
+    """
+
+    def __init__(self, every_n_steps: int = 50, per_module: bool = True) -> None:
+        if every_n_steps < 1:
+            raise ValueError("LoRASpectrumMonitor: every_n_steps must be >= 1")
+        self.every_n_steps = every_n_steps
+        self.per_module = per_module
+        self.last_metrics: dict[str, float] = {}
+
+    def measure(self, pl_module: pl.LightningModule) -> dict[str, float]:
+        """The tags and values of one measurement (empty for a model without adapters)."""
+        metrics: dict[str, float] = {}
+        by_type: dict[str, list[dict[str, float]]] = defaultdict(list)
+        for name, view in lora_layers(pl_module).items():
+            values = spectrum_metrics(sv=lora_singular_values(view))
+            values = {k: values[k] for k in _KEYS}
+            short = short_module_name(name)
+            by_type[module_type_name(short)].append(values)
+            if self.per_module:
+                metrics.update({f"lora/{short}/{k}": v for k, v in values.items()})
+        for kind, rows in by_type.items():
+            for key in _KEYS:
+                metrics[f"lora/{kind}_mean/{key}"] = sum(r[key] for r in rows) / len(rows)
+        return metrics
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
+            return
+        self.last_metrics = self.measure(pl_module)
+        for logger in trainer.loggers:
+            logger.log_metrics(self.last_metrics, step=step)

@@ -1,0 +1,116 @@
+"""Callbacks the resume tests put into real fits (importable by a subprocess via PYTHONPATH=tests).
+
+They only observe or stop training: they never touch the weights or draw random numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import yaml
+from pytorch_lightning.callbacks import Callback
+
+from tests_helpers import TINY_DATA, TINY_VIT
+
+
+class StepRecorder(Callback):
+    """Appends ``start <global_step>`` and then each finished global step to ``log``; saves the
+    final weights to ``final``; with ``pause_at`` set, blocks after that step (a test kills it).
+
+    Its hooks run before ModelCheckpoint's (Lightning orders checkpoint callbacks last), so a
+    pause at step k happens before the checkpoint of step k could be written.
+    """
+
+    def __init__(self, log: str, final: str, pause_at: int | None = None) -> None:
+        self.log_path = Path(log)
+        self.final_path = Path(final)
+        self.pause_at = pause_at
+
+    def _write(self, line: str) -> None:
+        with self.log_path.open("a") as handle:
+            handle.write(line + "\n")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write(f"start {trainer.global_step}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._write(str(trainer.global_step))
+        if trainer.global_step == self.pause_at:
+            self._write("paused")
+            time.sleep(600)  # the test SIGKILLs the process here
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        torch.save(
+            {k: v.detach().clone() for k, v in pl_module.state_dict().items()}, self.final_path
+        )
+
+
+class CrashAt(Callback):
+    """Raises after global step ``step`` (before that step's checkpoint): an in-process crash."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash after step {self.step}")
+
+
+def read_steps(log: Path) -> list[str]:
+    """The lines a StepRecorder wrote (empty if none yet)."""
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def tiny_mae_model() -> dict:
+    """The tiny MAE as a config entry, with every source of training randomness switched on:
+    random masks with a per-batch ratio, stochastic depth (and the datamodule's augmentation)."""
+    return {
+        "class_path": "maskrank.tasks.MAEPretraining",
+        "init_args": {
+            "vit": {**TINY_VIT, "drop_path_rate": 0.1},
+            "decoder_dim": 32,
+            "decoder_depth": 1,
+            "decoder_heads": 2,
+            "mask_ratio_range": [0.5, 0.8],
+        },
+    }
+
+
+def write_config(
+    path: Path,
+    runs: Path,
+    model: dict,
+    name: str = "exp",
+    checkpoint: dict | None = None,
+    **trainer,
+) -> Path:
+    """A fit config on the tiny data (4 steps per epoch) logging to ``runs/<name>/version_N``."""
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {
+            "max_epochs": 3,
+            "log_every_n_steps": 1,
+            "enable_model_summary": False,
+            "enable_progress_bar": False,
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(runs), "name": name},
+            },
+            **trainer,
+        },
+        "model": model,
+        "data": TINY_DATA,
+    }
+    if checkpoint:
+        cfg["checkpoint"] = checkpoint
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    """The largest absolute difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)

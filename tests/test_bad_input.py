@@ -1,0 +1,255 @@
+"""The README's bad-input table, row by row: each user mistake ends ``maskrank`` with exit status 2
+and a message naming the flag or file (one ``maskrank: error:`` line for maskrank's own checks;
+jsonargparse's usage message, naming the key, for argument-parsing errors). Nothing trains."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from maskrank.cli import main
+from maskrank.models.vit import ViTSpec
+from resume_helpers import tiny_mae_model, write_config
+from tests_helpers import TINY_VIT
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+EVIL_PICKLE = pickle.dumps({"state_dict": _Payload()})
+# a Lightning checkpoint (no hyper_parameters, as a plain Trainer writes it) of some other network
+OTHER_MODEL = dict(
+    state_dict={"net.weight": torch.zeros(2, 2)}, optimizer_states=[], loops={}, global_step=0
+)
+
+
+@dataclass
+class Files:
+    """A tiny classifier and MAE config, and the files the rows feed them."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.runs = self.root / "runs"
+        self.cls = write_config(self.root / "cls.yaml", self.runs, _classifier())
+        self.mae = write_config(self.root / "mae.yaml", self.runs, tiny_mae_model())
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def image_tree(self, corrupt: bool) -> Path:
+        """``root/{train,val}/{cat,dog}/``: one readable image each (or a corrupt one), or none."""
+        tree = self.root / ("corrupt_tree" if corrupt else "empty_tree")
+        for split in ("train", "val"):
+            for name in ("cat", "dog"):
+                folder = tree / split / name
+                folder.mkdir(parents=True)
+                if corrupt:
+                    Image.new("RGB", (8, 8)).save(folder / "0.png")
+                else:
+                    (folder / "notes.txt").write_text("no images here")
+        if corrupt:
+            (tree / "train" / "dog" / "1.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+        return tree
+
+    def encoder_checkpoint(self, **vit) -> Path:
+        """A plain timm ViT state_dict (the encoder of another run)."""
+        path = self.root / "encoder.pt"
+        model = ViTSpec(**{**TINY_VIT, **vit}).build(img_size=32, in_chans=3, num_classes=0)
+        torch.save(model.state_dict(), path)
+        return path
+
+    def checkpoint(self, name: str, **content) -> Path:
+        path = self.root / name
+        torch.save(content, path)
+        return path
+
+    def truncated_checkpoint(self) -> Path:
+        whole = self.checkpoint("whole.ckpt", state_dict={"w": torch.zeros(256, 256)})
+        path = self.root / "truncated.ckpt"
+        data = whole.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        return path
+
+    def sweep(self) -> Path:
+        path = self.root / "sweep.yaml"
+        grid = {"model.init_args.vit.no_such_key": [1, 2]}
+        path.write_text(yaml.safe_dump({"name": "bad", "base": str(self.cls), "grid": grid}))
+        return path
+
+
+def _classifier() -> dict:
+    return {"class_path": "maskrank.tasks.ImageClassifier", "init_args": {"vit": TINY_VIT}}
+
+
+def _lora_ready() -> bool:
+    """The LoRA row needs maskrank.models.lora and the classifier's ``lora`` argument."""
+    if importlib.util.find_spec("maskrank.models.lora") is None:
+        return False
+    from maskrank.tasks import ImageClassifier
+
+    return "lora" in inspect.signature(ImageClassifier).parameters
+
+
+@dataclass(frozen=True)
+class Row:
+    """One README row: the arguments after ``maskrank`` and what the message must contain."""
+
+    argv: Callable[[Files], list[str]]
+    expect: Callable[[Files], list[str]]
+    parser_error: bool = False  # printed by jsonargparse (usage + error), not one maskrank line
+
+
+def _fit(config: Path, *args: object) -> list[str]:
+    return ["fit", "-c", str(config), *map(str, args)]
+
+
+FOLDER = ("--data", "maskrank.data.ImageFolderDataModule", "--data.root")
+CIFAR = ("--data", "maskrank.data.CIFAR10DataModule", "--data.root")
+ENCODER = "--model.init_args.encoder_ckpt"
+
+ROWS = {
+    "unknown config key": Row(
+        lambda f: _fit(f.cls, "--model.init_args.learning_rate", "0.1"),
+        lambda f: ["learning_rate"],
+        parser_error=True,
+    ),
+    "wrong type": Row(
+        lambda f: _fit(f.cls, "--trainer.max_epochs", "two"),
+        lambda f: ['"trainer.max_epochs"', "int"],
+        parser_error=True,
+    ),
+    "value not among the choices": Row(
+        lambda f: _fit(f.cls, "--nan_guard.action", "ignore"),
+        lambda f: ['"nan_guard.action"', "stop", "skip"],
+        parser_error=True,
+    ),
+    "mask ratio outside [0, 1)": Row(
+        lambda f: _fit(f.mae, "--model.init_args.mask_ratio", "1.0"),
+        lambda f: ["model.init_args.mask_ratio", "[0, 1)"],
+    ),
+    "patch size not dividing the image size": Row(
+        lambda f: _fit(f.cls, "--model.init_args.vit.patch_size", "5"),
+        lambda f: ["patch_size", "5", "32"],
+    ),
+    "batch larger than the training set": Row(
+        lambda f: _fit(f.cls, "--data.init_args.batch_size", "1000"),
+        lambda f: ["--data.batch_size 1000", "64 training images"],
+    ),
+    "dataset missing offline": Row(
+        lambda f: _fit(f.cls, *CIFAR, f.path("nodata")),
+        lambda f: [str(f.path("nodata")), "--data.download true"],
+    ),
+    "image folder missing": Row(
+        lambda f: _fit(f.cls, *FOLDER, f.path("nowhere")),
+        lambda f: ["--data.root", str(f.path("nowhere")), "<root>/train/<class>/<image>"],
+    ),
+    "image folder without images": Row(
+        lambda f: _fit(f.cls, *FOLDER, f.image_tree(corrupt=False)),
+        lambda f: [str(f.path("empty_tree") / "train"), "contains no images"],
+    ),
+    "corrupt image file": Row(
+        lambda f: _fit(f.cls, *FOLDER, f.image_tree(corrupt=True)),
+        lambda f: [str(f.path("corrupt_tree") / "train" / "dog" / "1.png"), "not a readable image"],
+    ),
+    "encoder checkpoint of another architecture": Row(
+        lambda f: _fit(
+            f.cls, "--model.init_args.vit.embed_dim", "32", ENCODER, f.encoder_checkpoint()
+        ),
+        lambda f: [str(f.path("encoder.pt")), "model.init_args.encoder_ckpt", "shape mismatch"],
+    ),
+    "encoder checkpoint of the wrong stage (no ViT in it)": Row(
+        lambda f: _fit(
+            f.cls, ENCODER, f.checkpoint("head.ckpt", state_dict={"fc.weight": torch.zeros(2)})
+        ),
+        lambda f: [str(f.path("head.ckpt")), "model.init_args.encoder_ckpt", "holds no ViT"],
+    ),
+    "checkpoint of another model (--ckpt_path)": Row(
+        lambda f: _fit(f.cls, "--ckpt_path", f.checkpoint("other.ckpt", **OTHER_MODEL)),
+        lambda f: [str(f.path("other.ckpt")), "--ckpt_path", "does not fit the model"],
+    ),
+    "weights-only checkpoint to resume a fit": Row(
+        lambda f: _fit(
+            f.cls, "--ckpt_path", f.checkpoint("weights.ckpt", state_dict={"w": torch.zeros(2)})
+        ),
+        lambda f: [str(f.path("weights.ckpt")), "--ckpt_path", "weights only"],
+    ),
+    "checkpoint file missing": Row(
+        lambda f: ["validate", "-c", str(f.cls), "--ckpt_path", str(f.path("gone.ckpt"))],
+        lambda f: [str(f.path("gone.ckpt")), "--ckpt_path", "does not exist"],
+    ),
+    "truncated checkpoint": Row(
+        lambda f: _fit(f.cls, "--ckpt_path", f.truncated_checkpoint()),
+        lambda f: [str(f.path("truncated.ckpt")), "--ckpt_path", "truncated or damaged"],
+    ),
+    "text file as checkpoint": Row(
+        lambda f: ["test", "-c", str(f.cls), "--ckpt_path", _write(f.path("notes.ckpt"), b"hi\n")],
+        lambda f: [str(f.path("notes.ckpt")), "--ckpt_path", "not a torch checkpoint"],
+    ),
+    "checkpoint pickle that would run code": Row(
+        lambda f: _fit(f.cls, "--ckpt_path", _write(f.path("evil.ckpt"), EVIL_PICKLE)),
+        lambda f: [str(f.path("evil.ckpt")), "--ckpt_path", "could run code"],
+    ),
+    "--ckpt_path last with nothing to resume": Row(
+        lambda f: _fit(f.cls, "--ckpt_path", "last"),
+        lambda f: ["--ckpt_path last", str(f.runs / "exp" / "version_*")],
+    ),
+    "sweep grid over a missing key": Row(
+        lambda f: ["sweep", str(f.sweep()), "--dry-run"],
+        lambda f: ["sweep.yaml", "model.init_args.vit.no_such_key", "not accepted"],
+    ),
+}
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("row", ROWS.values(), ids=ROWS.keys())
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_bad_input_is_one_clear_line(row: Row, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # sweeps and data caches write relative to the working directory
+    files = Files(tmp_path)
+    argv = row.argv(files)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    if row.parser_error:
+        message = "\n".join(err)
+        assert message.startswith("usage:") and "\nerror: " in message
+    else:
+        assert len(err) == 1 and err[0].startswith("maskrank: error:"), captured.err[-1500:]
+        message = err[0]
+    for needle in row.expect(files):
+        assert needle in message, (needle, message)
+    assert "this must never run" not in captured.out
+    assert not list(files.runs.rglob("*.ckpt"))  # nothing was trained
+
+
+@pytest.mark.skipif(
+    not _lora_ready(), reason="LoRA adaptation (maskrank.models.lora) not there yet"
+)
+def test_lora_target_matching_no_module(tmp_path, capsys):
+    # README row "LoRA target matching no module"; the LoRA work fills in the exact flags.
+    cfg = write_config(tmp_path / "cls.yaml", tmp_path / "runs", _classifier())
+    lora = "{targets: [no_such_layer]}"
+    with pytest.raises(SystemExit) as exit_:
+        main(_fit(cfg, "--model.init_args.adaptation", "lora", "--model.init_args.lora", lora))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("maskrank: error:")
+    assert "no_such_layer" in err[0] and "lora" in err[0]
