@@ -19,3 +19,12 @@ def _deterministic_threads():
     # Keep tests independent of each other's RNG use.
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread: the models are tiny, and 2 threads on a busy 2-core box are slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

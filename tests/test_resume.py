@@ -35,13 +35,8 @@ def _fit_command(cfg: Path, *flags: str) -> list[str]:
     return [sys.executable, "-m", "maskrank", "fit", "-c", str(cfg), *flags]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread for the in-process fits (the subprocesses get OMP_NUM_THREADS=1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# one intra-op thread for the in-process fits (the subprocesses get OMP_NUM_THREADS=1)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _env() -> dict[str, str]:

@@ -59,7 +59,8 @@ class LoRASpec:
         alpha_pattern: per-module ``alpha`` overrides, keyed like ``rank_pattern``; without an
             entry a layer keeps ``alpha / r`` of the spec scaled to its own rank
             (``alpha * r_layer / r``), so every layer starts with the same scale.
-        engine: ``maskrank`` (fused ``addmm`` forward) or ``peft`` (peft's LoRA layers).
+        engine: ``maskrank`` (one GEMM with the merged weight forward, no ``W₀`` gradient) or
+            ``peft`` (peft's LoRA layers; same math).
     """
 
     r: int = 8

@@ -6,17 +6,12 @@ from collections.abc import Callable
 
 import pytest
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 
 @pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: the models are tiny, and 2 threads on a busy 2-core box are slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(single_thread):
+    """Every callback test runs on one intra-op thread (``single_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture

@@ -33,11 +33,15 @@ def _randomize_b(model: nn.Module, std: float = 0.1) -> None:
             view.lora_b.normal_(std=std)
 
 
-def test_merged_lora_gradients_match_finite_differences():
+@pytest.mark.parametrize("d, k", [(5, 6), (11, 4)])  # output narrower / wider than the input
+def test_merged_lora_gradients_match_finite_differences(d, k):
     dt = torch.float64
-    args = [
-        torch.randn(s, dtype=dt, requires_grad=True) for s in [(9, 6), (5, 6), (5,), (3, 6), (5, 3)]
-    ]
+    shapes = [(9, k), (d, k), (d,), (3, k), (d, 3)]
+    args = [torch.randn(s, dtype=dt, requires_grad=True) for s in shapes]
+    assert torch.autograd.gradcheck(lambda *a: _MergedLoRA.apply(*a, 0.7), tuple(args))
+    # the frozen-weight case (the one LoRA trains in) takes the fused g [W' | B] path when d > k
+    args[1].requires_grad_(False)
+    args[2].requires_grad_(False)
     assert torch.autograd.gradcheck(lambda *a: _MergedLoRA.apply(*a, 0.7), tuple(args))
 
 
