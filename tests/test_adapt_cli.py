@@ -156,3 +156,21 @@ def test_lora_target_matching_nothing_is_one_line(tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "model.init_args.lora.targets" in err and "'fc3'" in err
+
+
+def test_linear_probe_exports_as_a_plain_timm_model(pretrained, tmp_path):
+    ckpt = _fit(
+        tmp_path,
+        "probe",
+        _classifier(adaptation="linear_probe"),
+        "--model.init_args.encoder_ckpt",
+        str(pretrained),
+    )
+    model = load_classifier(ckpt)
+    assert model.model.head[0].num_batches_tracked > 0  # the probe's BatchNorm saw data
+    main(["export", str(ckpt), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "adapter").exists()  # no adapters to export
+    fresh = timm.create_model(f"local-dir:{tmp_path / 'out' / 'timm'}", pretrained=True).eval()
+    assert isinstance(fresh.head, torch.nn.Linear)  # BatchNorm folded into the Linear
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(fresh(x), model(x), atol=1e-5, rtol=1e-5)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from maskrank.errors import ConfigError, CorruptFileError, MissingFileError
 from maskrank.models.lora import LoRASpec, delta_weight, lora_layers, merge_lora
 
 __all__ = [
+    "adapter_deltas",
     "as_lora_spec",
     "load_rank_map",
     "save_adapter",
@@ -157,11 +158,6 @@ def save_adapter(
     out_dir = Path(out_dir)
     peft_model.save_pretrained(str(out_dir))
     return out_dir
-
-
-def spec_dict(spec: LoRASpec) -> dict[str, Any]:
-    """``asdict`` of a spec (the form stored in checkpoint hparams)."""
-    return asdict(spec)
 
 
 def adapter_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
