@@ -33,10 +33,12 @@ def _randomize_b(model: nn.Module, std: float = 0.1) -> None:
             view.lora_b.normal_(std=std)
 
 
-@pytest.mark.parametrize("d, k", [(5, 6), (11, 4)])  # output narrower / wider than the input
-def test_merged_lora_gradients_match_finite_differences(d, k):
+@pytest.mark.parametrize(
+    "t, d, k", [(9, 5, 6), (9, 11, 4), (10, 5, 6), (10, 11, 4)]
+)  # odd / even token count (split sums), output narrower / wider than the input
+def test_merged_lora_gradients_match_finite_differences(t, d, k):
     dt = torch.float64
-    shapes = [(9, k), (d, k), (d,), (3, k), (d, 3)]
+    shapes = [(t, k), (d, k), (d,), (3, k), (d, 3)]
     args = [torch.randn(s, dtype=dt, requires_grad=True) for s in shapes]
     assert torch.autograd.gradcheck(lambda *a: _MergedLoRA.apply(*a, 0.7), tuple(args))
     # the frozen-weight case (the one LoRA trains in) takes the fused g [W' | B] path when d > k
