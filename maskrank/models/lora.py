@@ -75,24 +75,35 @@ class LoRASpec:
 class _MergedLoRA(torch.autograd.Function):
     """``y = x W'ᵀ + b`` with ``W' = W + s B A``, differentiable in ``x``, ``W``, ``b``, ``A``, ``B``.
 
-    Forward is one GEMM with the merged weight (as fast as the frozen layer alone). Backward forms
+    Forward is one GEMM with the merged weight (as fast as the frozen layer alone; when the input
+    is wider than the output it also yields ``x Aᵀ``, from ``x [W'; A]ᵀ``). Backward forms
     ``∂x = g W'`` with one GEMM (fused with ``g B`` when the output is wider than the input) and the
     adapter gradients from rank-``r`` products oriented so the long token axis T is the reduction
-    (``(gB)ᵀx``, ``(xAᵀ)ᵀg``: 3-6x faster on CPU BLAS than ``xᵀ(gB)`` for these skinny shapes);
-    ``∂W`` (a full-size GEMM) only if ``W`` is trainable.
+    (``(gB)ᵀx``, ``(xAᵀ)ᵀg``: 3-6x faster on CPU BLAS than ``xᵀ(gB)`` for these skinny shapes).
+    ``∂W`` (a full-size GEMM) is formed only if ``W`` is trainable.
     Shapes: x (T, k), W (d, k), b (d,), A (r, k), B (d, r), g (T, d).
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
         merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling)  # (d, k) = W + s B A
-        ctx.save_for_backward(x, merged, lora_a, lora_b)
+        d, r = merged.shape[0], lora_a.shape[0]
+        xa_t = None
+        if ctx.needs_input_grad[4] and x.shape[1] > d:
+            # x (T, k) is the larger stream (fc2): x Aᵀ comes from the same GEMM, x [W'; A]ᵀ,
+            # instead of a second pass over x in backward; the output is a (T, d) column view
+            pad = None if bias is None else torch.cat([bias, bias.new_zeros(r)])
+            both = F.linear(x, torch.cat([merged, lora_a]), pad)  # (T, d + r)
+            out, xa_t = both[:, :d], both[:, d:].t().contiguous()  # (T, d), (r, T)
+        else:
+            out = F.linear(x, merged, bias)
+        ctx.save_for_backward(x, merged, lora_a, lora_b, xa_t)
         ctx.scaling = scaling
-        return F.linear(x, merged, bias)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, merged, lora_a, lora_b = ctx.saved_tensors
+        x, merged, lora_a, lora_b, xa_t = ctx.saved_tensors
         need_x, need_w, need_b, need_a, need_lb, _ = ctx.needs_input_grad
         s = ctx.scaling
         gx = ga = glb = gb_t = None
@@ -111,7 +122,8 @@ class _MergedLoRA(torch.autograd.Function):
                 gb_t = lora_b.t() @ grad.t()  # (r, T) = (g B)ᵀ
             ga = _token_sum(gb_t, x).mul_(s)  # (r, k) = s (gB)ᵀ x
         if need_lb:
-            xa_t = lora_a @ x.t()  # (r, T) = (x Aᵀ)ᵀ
+            if xa_t is None:
+                xa_t = lora_a @ x.t()  # (r, T) = (x Aᵀ)ᵀ
             glb = _token_sum(xa_t, grad).mul_(s).t()  # (d, r) = s gᵀ (x Aᵀ)
         return gx, gw, gb, ga, glb, None
 
