@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from maskrank.checkpoints import encoder_state_dict, load_checkpoint
+from maskrank.checkpoints import encoder_state_dict, load_checkpoint, state_dict_mismatch
 from maskrank.errors import ConfigError, MaskRankError
 from maskrank.metrics import energy_rank_key, singular_values, spectrum_metrics
-from maskrank.models.lora import DEFAULT_TARGETS
+from maskrank.models.lora import DEFAULT_TARGETS, target_matches
 from maskrank.models.lora_io import adapter_deltas, save_adapter, save_merged, write_rank_map
 from maskrank.tasks.adaptation import fold_probe_head
 from maskrank.tasks.classification import ImageClassifier
@@ -45,14 +45,11 @@ def load_classifier(path: str | Path, flag: str = "CKPT") -> ImageClassifier:
     accepted = set(inspect.signature(ImageClassifier.__init__).parameters) - {"self"}
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     kwargs.update(encoder_ckpt=None, pretrained=False)  # the weights come from the state dict
-    try:
-        model = ImageClassifier(**kwargs)
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as err:
-        reason = str(err).strip().splitlines()[0][:200]
-        raise ConfigError(
-            f"checkpoint {path} ({flag}) is not an ImageClassifier: {reason}"
-        ) from None
+    model = ImageClassifier(**kwargs)
+    mismatch = state_dict_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ConfigError(f"checkpoint {path} ({flag}) is not an ImageClassifier: {mismatch}")
+    model.load_state_dict(state)
     # what the run started from, for `lora-rank` (not read here)
     model.hparams.update(encoder_ckpt=hparams.get("encoder_ckpt"))
     return model.eval()
@@ -76,9 +73,7 @@ def update_deltas(
     deltas, bases = {}, {}
     for name, module in model.model.named_modules():
         key = f"{name}.weight"
-        if isinstance(module, torch.nn.Linear) and any(
-            name == t or name.endswith("." + t) for t in targets
-        ):
+        if isinstance(module, torch.nn.Linear) and any(target_matches(name, t) for t in targets):
             if key not in start or start[key].shape != module.weight.shape:
                 raise ConfigError(f"checkpoint {base} ({flag}) has no weight {key} of this shape")
             bases[name] = start[key]

@@ -129,8 +129,10 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MaskRankCLI:
         save_config_callback=RunConfigSaver,
         parser_kwargs={
             "parser_mode": "omegaconf",
-            "epilog": "Also: `maskrank sweep SWEEP.yaml` (ablation grids) and `maskrank report DIR` "
-            "(tables and plots of a sweep or run); each takes --help.",
+            "epilog": "Also: `maskrank sweep SWEEP.yaml` (ablation grids), `maskrank report DIR` "
+            "(tables and plots of a sweep or run), `maskrank lora-rank CKPT` (per-module LoRA "
+            "ranks from a fine-tune's update) and `maskrank export CKPT --out DIR` (timm weights "
+            "and peft adapter); each takes --help.",
         },
         args=args,
         run=run,

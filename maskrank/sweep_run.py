@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskrank.atomic import atomic_write_text
 from maskrank.errors import ConfigError, MaskRankError
 from maskrank.sweep_results import last_scalars
 from maskrank.sweep_spec import SINGLE_STAGE, Cell, Stage, SweepSpec
@@ -266,7 +267,4 @@ def execute(run: StageRun, use_subprocess: bool = False) -> dict[str, Any]:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` so that readers see the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -51,7 +51,7 @@ def test_a_write_replaces_the_file_in_one_rename(tmp_path, monkeypatch):
         assert torch.load(last, weights_only=True)["global_step"] == 1  # untouched until now
         real_replace(src, dst)
 
-    monkeypatch.setattr("maskrank.checkpoint_io.os.replace", spy)
+    monkeypatch.setattr("maskrank.atomic.os.replace", spy)
     atomic_torch_save(_checkpoint(2.0), last)
     [(src, dst)] = renames
     assert src.parent == last.parent and src.name.startswith(".last.ckpt.") and dst == last

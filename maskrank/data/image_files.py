@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,6 +26,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from maskrank.atomic import atomic_torch_save
 from maskrank.data.messages import one_line
 from maskrank.data.pairs import keep_batch
 from maskrank.errors import CorruptFileError
@@ -181,23 +181,13 @@ def load_cache(path: str, count: int, shape: tuple[int, int, int]) -> tuple[Tens
 
 
 def save_cache(path: str, images: Tensor, labels: Tensor) -> None:
-    """Write the cache atomically (temp file in the same folder, then ``os.replace``).
+    """Write the cache atomically (:func:`maskrank.atomic.atomic_torch_save`).
 
     A failure to write (read-only or full disk) only warns: the data is already decoded.
     """
-    folder = os.path.dirname(path) or "."
-    tmp_path = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            dir=folder, prefix=".tmp-", suffix=".pt", delete=False
-        ) as f:
-            tmp_path = f.name
-            torch.save({"images": images, "labels": labels}, f)
-        os.replace(tmp_path, path)
+        atomic_torch_save({"images": images, "labels": labels}, path)
     except OSError as exc:
         rank_zero_warn(
             f"could not write image cache {path} ({one_line(exc)}); continuing without it"
         )
-        if tmp_path is not None and os.path.exists(tmp_path):
-            os.remove(tmp_path)

@@ -194,8 +194,7 @@ class ExplicitDropoutPenalty:
         blocks: list[int] | None = None,
         flag: str = "model.init_args.dropout",
     ) -> None:
-        self.rates: dict[str, float] = {}  # fc2 name -> p
-        self.fc2_rates: dict[nn.Module, float] = {}  # hooked fc2 module -> p (for monitors)
+        self._hooked: dict[str, tuple[nn.Module, float]] = {}  # fc2 name -> (fc2, p)
         self._handles: list[RemovableHandle] = []
         self._terms: list[Tensor] = []  # 0-d penalty per hooked fc2 call since the last pop
         self.add(model, rate, where, blocks, flag)
@@ -216,11 +215,20 @@ class ExplicitDropoutPenalty:
             if not isinstance(fc2, nn.Linear) or not isinstance(parent.norm, nn.Identity):
                 raise ConfigError(f"{flag}: {block_name}.mlp is not fc1 → act → drop1 → fc2")
             name = f"{block_name}.mlp.fc2"
-            if name in self.rates:
+            if name in self._hooked:
                 raise ConfigError(f"{flag}: {name} already carries an explicit dropout penalty")
-            self.rates[name] = p
-            self.fc2_rates[fc2] = p
+            self._hooked[name] = (fc2, p)
             self._handles.append(fc2.register_forward_pre_hook(partial(self._record, p)))
+
+    @property
+    def rates(self) -> dict[str, float]:
+        """Hooked ``fc2`` name -> its rate ``p``."""
+        return {name: p for name, (_, p) in self._hooked.items()}
+
+    @property
+    def fc2_rates(self) -> dict[nn.Module, float]:
+        """Hooked ``fc2`` module -> its rate ``p`` (what the monitors look up)."""
+        return {fc2: p for fc2, p in self._hooked.values()}
 
     @classmethod
     def from_specs(
@@ -250,7 +258,7 @@ class ExplicitDropoutPenalty:
         """Sum of the terms recorded since the last reset/pop (0-d; 0 if none), then reset."""
         terms, self._terms = self._terms, []
         if not terms:
-            fc2 = next(iter(self.fc2_rates), None)
+            fc2 = next(iter(self._hooked.values()), (None, 0.0))[0]
             return torch.zeros((), device=fc2.weight.device if fc2 is not None else None)
         return sum(terms[1:], terms[0])
 
@@ -259,7 +267,7 @@ class ExplicitDropoutPenalty:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        self.fc2_rates.clear()
+        self._hooked.clear()
         self._terms.clear()
 
     def __repr__(self) -> str:

@@ -36,6 +36,8 @@ __all__ = [
     "lora_layers",
     "lora_linear",
     "merge_lora",
+    "target_matches",
+    "unmerge_all",
 ]
 
 DEFAULT_TARGETS = ("qkv", "proj", "fc1", "fc2")
@@ -153,13 +155,18 @@ def lora_linear(
     """``x Wᵀ + b + scaling · (x_lora Aᵀ) Bᵀ`` for ``x`` (..., k), ``W`` (d, k), ``A`` (r, k), ``B`` (d, r).
 
     ``x_lora`` is the adapter's input (``x`` after the adapter dropout; ``x`` when None). Without
-    adapter dropout and autocast this is :class:`_MergedLoRA` (one GEMM forward); otherwise the
+    a gradient to form (inference) this is one GEMM with the merged weight; without adapter
+    dropout and autocast, :class:`_MergedLoRA` (one GEMM forward); otherwise the
     low-rank term is accumulated in place into the frozen product (``addmm_``: no full-size
     temporary, and the output gradient is handed straight through).
     """
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)  # (T, k)
-    if x_lora is None and not torch.is_autocast_enabled(x.device.type):
+    adapters_train = torch.is_grad_enabled() and (lora_a.requires_grad or lora_b.requires_grad)
+    if x_lora is None and not adapters_train:
+        # inference (validation, probes): one GEMM with the merged weight, nothing saved
+        out = F.linear(x2, torch.addmm(weight, lora_b, lora_a, alpha=scaling), bias)
+    elif x_lora is None and not torch.is_autocast_enabled(x.device.type):
         out = _MergedLoRA.apply(x2, weight, bias, lora_a, lora_b, scaling)
     else:
         out = F.linear(x2, weight, bias)  # (T, d)
@@ -294,7 +301,8 @@ def delta_weight(view: LoRAView) -> Tensor:
     return view.scaling * (view.lora_b.detach() @ view.lora_a.detach())
 
 
-def _target_matches(name: str, target: str) -> bool:
+def target_matches(name: str, target: str) -> bool:
+    """peft's rule for ``target_modules`` entries: the module name equals or ends with ``.target``."""
     return name == target or name.endswith("." + target)
 
 
@@ -349,7 +357,7 @@ def apply_lora(
     linears = {n: m for n, m in model.named_modules() if type(m) is nn.Linear}
     chosen: dict[str, tuple[int, float]] = {}
     for target in spec.targets:
-        hits = [n for n in linears if _target_matches(n, target)]
+        hits = [n for n in linears if target_matches(n, target)]
         if not hits:
             examples = sorted({n.split(".")[-1] for n in linears}) or ["(none)"]
             raise ConfigError(
@@ -388,6 +396,13 @@ def _inject_peft(model: nn.Module, spec: LoRASpec, chosen: dict[str, tuple[int, 
         param.requires_grad_("lora_" in name)
 
 
+def unmerge_all(model: nn.Module) -> None:
+    """Undo every in-place merge (maskrank's or peft's), so base layers hold ``W₀`` again."""
+    for module in model.modules():
+        if getattr(module, "merged", False) and hasattr(module, "unmerge"):
+            module.unmerge()
+
+
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
     """Replace every adapted layer by a plain ``nn.Linear`` holding ``W₀ + (α/r) B A``.
@@ -395,9 +410,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     Works on maskrank's and peft's layers, in place; returns ``model`` (a plain timm model again).
     A model without adapters is returned unchanged, so merging twice equals merging once.
     """
-    for module in model.modules():  # layers merged in place go back to W₀ first
-        if getattr(module, "merged", False) and hasattr(module, "unmerge"):
-            module.unmerge()
+    unmerge_all(model)  # layers merged in place go back to W₀ first
     for name, view in lora_layers(model).items():
         base = view.base
         merged = nn.Linear(

@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,9 @@ import torch
 import yaml
 from torch import nn
 
+from maskrank.atomic import atomic_write_text
 from maskrank.errors import ConfigError, CorruptFileError, MissingFileError
-from maskrank.models.lora import LoRASpec, delta_weight, lora_layers, merge_lora
+from maskrank.models.lora import LoRASpec, delta_weight, lora_layers, merge_lora, unmerge_all
 
 __all__ = [
     "adapter_deltas",
@@ -62,13 +61,7 @@ def load_rank_map(path: str | Path, flag: str = f"{_FLAG}.rank_pattern") -> dict
 
 def write_rank_map(path: str | Path, ranks: dict[str, int], **provenance: Any) -> None:
     """Write ``rank_pattern: ranks`` (and provenance keys) atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump({**provenance, "rank_pattern": ranks}, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump({**provenance, "rank_pattern": ranks}, sort_keys=False))
 
 
 def as_lora_spec(value: LoRASpec | dict | None, flag: str = _FLAG) -> LoRASpec:
@@ -109,9 +102,7 @@ def save_merged(model: nn.Module, out_dir: str | Path) -> Path:
 def strip_lora(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every adapted layer replaced by its (unmerged) base layer."""
     plain = copy.deepcopy(model)
-    for module in plain.modules():
-        if getattr(module, "merged", False) and hasattr(module, "unmerge"):
-            module.unmerge()
+    unmerge_all(plain)
     for name, view in lora_layers(plain).items():
         parent_name, _, child = name.rpartition(".")
         setattr(plain.get_submodule(parent_name) if parent_name else plain, child, view.base)

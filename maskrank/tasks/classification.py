@@ -180,14 +180,9 @@ class ImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        # every trainable parameter lives in the ViT (its head included)
         optimizer = adamw(
-            self,
-            hp.lr,
-            hp.weight_decay,
-            tuple(hp.betas),
-            hp.fused_adamw,
-            layer_decay=hp.layer_decay,
-            layered=self.model,
+            self.model, hp.lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw, hp.layer_decay
         )
         schedule = warmup_cosine_schedule(
             optimizer, self.trainer.estimated_stepping_batches, hp.warmup_fraction, hp.min_lr_ratio

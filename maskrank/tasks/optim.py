@@ -24,15 +24,13 @@ def adamw(
     betas: tuple[float, float] = (0.9, 0.999),
     fused: bool | None = None,
     layer_decay: float = 1.0,
-    layered: nn.Module | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over ``module``'s trainable parameters, decaying only tensors with ``ndim >= 2``.
 
-    ``layer_decay < 1`` scales the learning rate of ``layered`` (a timm model with a
-    ``group_matcher``, e.g. the classifier's ViT inside ``module``) layer-wise: the head keeps
-    ``lr``, block ``i`` of ``L`` gets ``lr · layer_decay^(L - i)``, the embeddings the smallest
-    (timm's ``param_groups_layer_decay``, as in BEiT/MAE fine-tuning). Parameters of ``module``
-    outside ``layered`` keep ``lr``.
+    ``layer_decay < 1`` scales the learning rate layer-wise (``module`` is then a timm model with
+    a ``group_matcher``, e.g. a ViT): the head keeps ``lr``, block ``i`` of ``L`` gets
+    ``lr · layer_decay^(L - i)``, the embeddings the smallest (timm's
+    ``param_groups_layer_decay``, as in BEiT/MAE fine-tuning).
 
     ``fused=None`` picks torch's single-kernel fused implementation when every parameter is on a
     CPU or CUDA device (on CPU torch's own default is a slow per-tensor loop), and torch's default
@@ -45,14 +43,10 @@ def adamw(
             f"weight_decay = {weight_decay} (model.init_args.weight_decay) must be >= 0"
         )
     # timm's helpers put ndim <= 1 tensors (and *.bias) in a no-decay group and skip frozen ones.
-    if layer_decay < 1.0 and layered is not None:
-        groups = param_groups_layer_decay(layered, weight_decay, layer_decay=layer_decay)
-        inside = {id(p) for p in layered.parameters()}
-        rest = [p for p in module.parameters() if p.requires_grad and id(p) not in inside]
+    if layer_decay < 1.0:
+        groups = param_groups_layer_decay(module, weight_decay, layer_decay=layer_decay)
         for g in groups:  # LambdaLR scales each group's initial lr, so the ratios persist
             g["lr"] = lr * g.pop("lr_scale", 1.0)
-        if rest:
-            groups.append({"params": rest, "weight_decay": 0.0})
     else:
         groups = param_groups_weight_decay(module, weight_decay, no_weight_decay_list=())
     groups = [g for g in groups if g["params"]]

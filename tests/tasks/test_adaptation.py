@@ -61,7 +61,7 @@ def test_folded_probe_head_equals_the_eval_head():
 
 def test_layer_decay_scales_lr_by_depth(tiny_spec):
     model = _classifier(tiny_spec, layer_decay=0.5)
-    opt = adamw(model, lr=1.0, weight_decay=0.05, layer_decay=0.5, layered=model.model)
+    opt = adamw(model.model, lr=1.0, weight_decay=0.05, layer_decay=0.5)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     vit = model.model
     # depth 2: patch embedding at 0.5^3, block 0 at 0.5^2, block 1 at 0.5, head at 1
