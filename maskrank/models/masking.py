@@ -37,6 +37,11 @@ class Masking:
     mask: torch.Tensor
     ids_restore: torch.Tensor
 
+    def ids_masked(self) -> torch.Tensor:
+        """Indices (B, L - K) of the masked patches, in the order they follow the visible ones."""
+        ids_shuffle = torch.argsort(self.ids_restore, dim=1)  # inverse of the inverse permutation
+        return ids_shuffle[:, self.ids_keep.shape[1] :]
+
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """Number of visible patches for a ratio: ``round(L * (1 - r))``, at least 1."""

@@ -161,7 +161,10 @@ class MAEPretraining(pl.LightningModule):
         ratio = self.current_mask_ratio()
         if self.explicit_dropout is not None:
             self.explicit_dropout.reset()
-        loss, _, _ = self.mae(images, ratio, self.hparams.masking)
+        if self.explicit_dropout is None:
+            loss = self.mae.training_loss(images, ratio, self.hparams.masking)
+        else:  # its fc2 hooks average over every token the full decoder sees
+            loss, _, _ = self.mae(images, ratio, self.hparams.masking)
         self.log("train/loss", loss, prog_bar=True)
         if self.explicit_dropout is not None:
             penalty = self.explicit_dropout.pop()  # summed over the hooked fc2s

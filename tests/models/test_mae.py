@@ -107,3 +107,26 @@ def test_unnormalize_prediction_uses_visible_statistics(tiny_spec):
     out = mae.unnormalize_prediction(torch.zeros(2, 16, 192), images, mask)
     # a zero prediction maps to the visible pixels' per-channel mean (~3)
     assert torch.allclose(out.view(2, 16, 64, 3).mean((1, 2)), torch.full((2, 3), 3.0), atol=0.2)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.75])
+def test_training_loss_equals_forward_loss_and_gradients(tiny_spec, ratio):
+    # training_loss skips the visible patches' predictions; it must be the same function.
+    torch.manual_seed(0)
+    encoder = tiny_spec.build(img_size=32, in_chans=3, num_classes=0)
+    mae = MaskedAutoencoder(encoder, decoder_dim=32, decoder_depth=2, decoder_heads=2)
+    images = torch.randn(4, 3, 32, 32)
+    params = [p for p in mae.parameters() if p.requires_grad]
+    full, _, _ = mae(images, ratio, generator=torch.Generator().manual_seed(3))
+    fast = mae.training_loss(images, ratio, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(fast, full, rtol=1e-6, atol=1e-7)
+    if ratio == 0.0:
+        assert fast.item() == 0.0
+        return
+    grads_full = torch.autograd.grad(full, params)
+    grads_fast = torch.autograd.grad(fast, params)
+    names = [n for n, p in mae.named_parameters() if p.requires_grad]
+    # the last block's MLP (now fed masked tokens only) still gets a gradient
+    assert grads_fast[names.index("decoder_blocks.1.mlp.fc1.weight")].abs().sum() > 0
+    for name, a, b in zip(names, grads_fast, grads_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
