@@ -191,8 +191,11 @@ class MaskedAutoencoder(nn.Module):
         x = enc.blocks(enc.norm_pre(x))
         return enc.norm(x)
 
-    def forward_decoder(self, latent: torch.Tensor, masking: Masking) -> torch.Tensor:
-        """Predict every patch: latent (B, 1 + K, D) -> pixels (B, L, p*p*C)."""
+    def decoder_input(self, latent: torch.Tensor, masking: Masking) -> torch.Tensor:
+        """Decoder tokens (B, 1 + L, E) in image order: embedded latents plus mask tokens.
+
+        Also picks the decoder's attention kernel for this sequence length.
+        """
         x = self.decoder_embed(latent)  # (B, 1 + K, E)
         b, k1, e = x.shape
         mask_tokens = self.mask_token.expand(b, self.num_patches + 1 - k1, e)  # (B, L - K, E)
@@ -200,6 +203,11 @@ class MaskedAutoencoder(nn.Module):
         x_ = gather_tokens(x_, masking.ids_restore)  # (B, L, E) image order
         x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed  # (B, 1 + L, E)
         set_attention_impl(self.decoder_blocks, use_sdpa(self.attention, x.device, x.shape[1]))
+        return x
+
+    def forward_decoder(self, latent: torch.Tensor, masking: Masking) -> torch.Tensor:
+        """Predict every patch: latent (B, 1 + K, D) -> pixels (B, L, p*p*C)."""
+        x = self.decoder_input(latent, masking)
         for block in self.decoder_blocks:
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]  # drop CLS -> (B, L, P)
@@ -213,12 +221,7 @@ class MaskedAutoencoder(nn.Module):
         whose predictions are all the loss reads (about 2 % of the step's FLOPs at mask 0.75).
         """
         *body, last = self.decoder_blocks
-        x = self.decoder_embed(latent)  # (B, 1 + K, E)
-        b, k1, e = x.shape
-        mask_tokens = self.mask_token.expand(b, self.num_patches + 1 - k1, e)
-        x_ = gather_tokens(torch.cat([x[:, 1:], mask_tokens], dim=1), masking.ids_restore)
-        x = torch.cat([x[:, :1], x_], dim=1) + self.decoder_pos_embed  # (B, 1 + L, E)
-        set_attention_impl(self.decoder_blocks, use_sdpa(self.attention, x.device, x.shape[1]))
+        x = self.decoder_input(latent, masking)
         for block in body:
             x = block(x)
         # timm's Block.forward, split at the residual stream: attention on every token, ...
