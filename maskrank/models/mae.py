@@ -215,7 +215,7 @@ class MaskedAutoencoder(nn.Module):
     def forward_decoder_masked(self, latent: torch.Tensor, masking: Masking) -> torch.Tensor:
         """Predict the masked patches only: latent (B, 1 + K, D) -> pixels (B, L - K, P).
 
-        The same function as :meth:`forward_decoder` restricted to ``masking.ids_masked()``, with
+        The same function as :meth:`forward_decoder` restricted to ``masking.ids_masked``, with
         less work: the last block's attention still runs over all ``1 + L`` tokens (every token is
         a key), but its MLP, the final norm and the pixel head run on the ``L - K`` masked tokens,
         whose predictions are all the loss reads (about 2 % of the step's FLOPs at mask 0.75).
@@ -227,7 +227,7 @@ class MaskedAutoencoder(nn.Module):
         # timm's Block.forward, split at the residual stream: attention on every token, ...
         x = x + last.drop_path1(last.ls1(last.attn(last.norm1(x))))
         # ... then the token-wise half on the masked tokens only (drop_path stays per sample).
-        x = gather_tokens(x[:, 1:], masking.ids_masked())  # (B, L - K, E)
+        x = gather_tokens(x[:, 1:], masking.ids_masked)  # (B, L - K, E)
         x = x + last.drop_path2(last.ls2(last.mlp(last.norm2(x))))
         return self.decoder_pred(self.decoder_norm(x))  # (B, L - K, P)
 
@@ -244,7 +244,7 @@ class MaskedAutoencoder(nn.Module):
             strategy, images.shape[0], self.grid, mask_ratio, images.device, generator
         )
         pred = self.forward_decoder_masked(self.forward_encoder(images, masking), masking)
-        target = gather_tokens(self.target(images), masking.ids_masked())  # (B, L - K, P)
+        target = gather_tokens(self.target(images), masking.ids_masked)  # (B, L - K, P)
         sq = (pred - target).pow(2)  # every sample has L - K masked patches
         return sq.sum() / max(1, sq.numel())  # mask ratio 0: no masked patch, loss 0 as in forward
 

@@ -7,7 +7,8 @@ all samples of a batch keep exactly the same number of tokens (the encoder then 
 - ``ids_keep`` (B, K): indices of the visible patches, in the order the encoder sees them;
 - ``mask`` (B, L): 1.0 for a masked patch, 0.0 for a visible one, in the original patch order;
 - ``ids_restore`` (B, L): the inverse permutation, so ``gather(cat(visible, masked), ids_restore)``
-  puts tokens back in image order.
+  puts tokens back in image order;
+- ``ids_masked`` (B, L - K): indices of the masked patches, the rest of the shuffle.
 
 Strategies: ``random`` (MAE: argsort of uniform noise), ``block`` (BEiT-style rectangles, filled in
 order until the masked count is reached), ``grid`` (keep one patch of every s x s cell, random
@@ -31,16 +32,13 @@ Strategy = Literal["random", "block", "grid"]
 
 @dataclass(frozen=True)
 class Masking:
-    """Kept indices (B, K), binary mask (B, L) with 1 = masked, restore indices (B, L)."""
+    """Kept indices (B, K), binary mask (B, L) with 1 = masked, restore indices (B, L), and the
+    masked indices (B, L - K) in the order they follow the visible ones."""
 
     ids_keep: torch.Tensor
     mask: torch.Tensor
     ids_restore: torch.Tensor
-
-    def ids_masked(self) -> torch.Tensor:
-        """Indices (B, L - K) of the masked patches, in the order they follow the visible ones."""
-        ids_shuffle = torch.argsort(self.ids_restore, dim=1)  # inverse of the inverse permutation
-        return ids_shuffle[:, self.ids_keep.shape[1] :]
+    ids_masked: torch.Tensor
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -61,11 +59,11 @@ def masking_from_scores(scores: torch.Tensor, num_keep: int) -> Masking:
     # Descending argsort: the first num_keep indices are the visible patches.
     ids_shuffle = torch.argsort(scores, dim=1, descending=True)  # (B, L)
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L) inverse permutation
-    ids_keep = ids_shuffle[:, :num_keep]  # (B, K)
+    ids_keep, ids_masked = ids_shuffle[:, :num_keep], ids_shuffle[:, num_keep:]  # (B, K), (B, L-K)
     mask = torch.ones(batch, length, device=scores.device)
     mask[:, :num_keep] = 0.0
     mask = torch.gather(mask, 1, ids_restore)  # back to image order
-    return Masking(ids_keep, mask, ids_restore)
+    return Masking(ids_keep, mask, ids_restore, ids_masked)
 
 
 def random_masking(

@@ -159,11 +159,10 @@ class MAEPretraining(pl.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0]
         ratio = self.current_mask_ratio()
-        if self.explicit_dropout is not None:
-            self.explicit_dropout.reset()
         if self.explicit_dropout is None:
             loss = self.mae.training_loss(images, ratio, self.hparams.masking)
         else:  # its fc2 hooks average over every token the full decoder sees
+            self.explicit_dropout.reset()
             loss, _, _ = self.mae(images, ratio, self.hparams.masking)
         self.log("train/loss", loss, prog_bar=True)
         if self.explicit_dropout is not None:

@@ -28,7 +28,7 @@ def test_exact_number_kept_and_consistent_outputs(strategy, ratio):
     for b in range(16):
         assert sorted(m.ids_keep[b].tolist()) == torch.nonzero(m.mask[b] == 0).flatten().tolist()
         # ... and the masked indices exactly the masked positions
-        assert sorted(m.ids_masked()[b].tolist()) == torch.nonzero(m.mask[b]).flatten().tolist()
+        assert sorted(m.ids_masked[b].tolist()) == torch.nonzero(m.mask[b]).flatten().tolist()
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
