@@ -20,11 +20,17 @@ from pathlib import Path
 
 import torch
 
-from maskrank.checkpoints import encoder_state_dict, load_checkpoint, state_dict_mismatch
 from maskrank.errors import ConfigError, MaskRankError
+from maskrank.io.checkpoints import encoder_state_dict, load_checkpoint, state_dict_mismatch
 from maskrank.metrics import energy_rank_key, singular_values, spectrum_metrics
-from maskrank.models.lora import DEFAULT_TARGETS, target_matches
-from maskrank.models.lora_io import adapter_deltas, save_adapter, save_merged, write_rank_map
+from maskrank.models.lora import (
+    DEFAULT_TARGETS,
+    adapter_deltas,
+    save_adapter,
+    save_merged,
+    target_matches,
+    write_rank_map,
+)
 from maskrank.tasks.adaptation import fold_probe_head
 from maskrank.tasks.classification import ImageClassifier
 

@@ -11,8 +11,8 @@ interpolate (``${data.init_args.image_size}``). Every run writes its TensorBoard
 ``runs/<experiment>/version_N/``, where ``<experiment>`` is ``trainer.logger.init_args.name``.
 
 Reliability defaults (see README "Reliability"): ``--ckpt_path last`` continues the newest run of the
-experiment in its own directory (:mod:`maskrank.resume`), checkpoints are written atomically
-(:mod:`maskrank.checkpoint_io`) with the RNG state and the position in the epoch, so the resumed fit
+experiment in its own directory (:mod:`maskrank.io.resume`), checkpoints are written atomically
+(:mod:`maskrank.io.checkpoint_io`) with the RNG state and the position in the epoch, so the resumed fit
 ends with the weights of an uninterrupted one, a user-given checkpoint is checked before Lightning
 reads it, and ``--nan_guard.*`` (:class:`~maskrank.callbacks.NonFiniteGuard`) stops a fit before a
 NaN/inf loss reaches the weights.
@@ -31,9 +31,9 @@ from pytorch_lightning.plugins.io import CheckpointIO
 import maskrank.data  # noqa: F401  (registers the datamodules for --data NAME)
 import maskrank.tasks  # noqa: F401  (registers the tasks for --model NAME)
 from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint
-from maskrank.checkpoint_io import AtomicCheckpointIO
 from maskrank.errors import MaskRankError
-from maskrank.resume import RunConfigSaver, check_model_matches, prepare_ckpt_path
+from maskrank.io.checkpoint_io import AtomicCheckpointIO
+from maskrank.io.resume import RunConfigSaver, check_model_matches, prepare_ckpt_path
 
 DEFAULT_LOGGER = {
     "class_path": "pytorch_lightning.loggers.TensorBoardLogger",

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskrank.atomic import atomic_write_text
 from maskrank.errors import ConfigError, MaskRankError
+from maskrank.io.atomic import atomic_write_text
 from maskrank.sweep_results import last_scalars
 from maskrank.sweep_spec import SINGLE_STAGE, Cell, Stage, SweepSpec
 

@@ -10,10 +10,9 @@ import torch
 import yaml
 
 from maskrank.adapt_cli import load_classifier
-from maskrank.checkpoints import encoder_state_dict
 from maskrank.cli import main
-from maskrank.models.lora import lora_layers
-from maskrank.models.lora_io import load_rank_map
+from maskrank.io.checkpoints import encoder_state_dict
+from maskrank.models.lora import load_rank_map, lora_layers
 from maskrank.tasks import ImageClassifier
 from tests_helpers import TINY_DATA, TINY_VIT
 

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from maskrank.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from maskrank.cli import build_cli
+from maskrank.io.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from resume_helpers import tiny_mae_model, write_config
 
 
@@ -51,7 +51,7 @@ def test_a_write_replaces_the_file_in_one_rename(tmp_path, monkeypatch):
         assert torch.load(last, weights_only=True)["global_step"] == 1  # untouched until now
         real_replace(src, dst)
 
-    monkeypatch.setattr("maskrank.atomic.os.replace", spy)
+    monkeypatch.setattr("maskrank.io.atomic.os.replace", spy)
     atomic_torch_save(_checkpoint(2.0), last)
     [(src, dst)] = renames
     assert src.parent == last.parent and src.name.startswith(".last.ckpt.") and dst == last
@@ -61,7 +61,7 @@ def test_a_write_replaces_the_file_in_one_rename(tmp_path, monkeypatch):
 _SLOW_WRITER = textwrap.dedent(
     """
     import sys, time, torch
-    from maskrank.checkpoint_io import atomic_torch_save
+    from maskrank.io.checkpoint_io import atomic_torch_save
 
     class Slow:  # serializing it takes a minute: the parent kills us meanwhile
         def __reduce__(self):

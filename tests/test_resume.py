@@ -144,7 +144,7 @@ def test_ckpt_path_last_without_a_previous_run_is_one_clear_line(tmp_path, capsy
 def test_ckpt_path_last_picks_the_newest_run_with_a_checkpoint(tmp_path):
     from jsonargparse import Namespace
 
-    from maskrank.resume import find_last_checkpoint
+    from maskrank.io.resume import find_last_checkpoint
 
     experiment = tmp_path / "runs" / "exp"
     for version in (0, 2, 10):

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import maskrank
-from maskrank.checkpoints import load_checkpoint
 from maskrank.cli import main
 from maskrank.errors import CorruptFileError
+from maskrank.io.checkpoints import load_checkpoint
 from resume_helpers import write_config
 from tests_helpers import TINY_VIT
 

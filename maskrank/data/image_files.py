@@ -26,10 +26,10 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from maskrank.atomic import atomic_torch_save
 from maskrank.data.messages import one_line
 from maskrank.data.pairs import keep_batch
 from maskrank.errors import CorruptFileError
+from maskrank.io.atomic import atomic_torch_save
 
 __all__ = [
     "CorruptImageError",
@@ -181,7 +181,7 @@ def load_cache(path: str, count: int, shape: tuple[int, int, int]) -> tuple[Tens
 
 
 def save_cache(path: str, images: Tensor, labels: Tensor) -> None:
-    """Write the cache atomically (:func:`maskrank.atomic.atomic_torch_save`).
+    """Write the cache atomically (:func:`maskrank.io.atomic.atomic_torch_save`).
 
     A failure to write (read-only or full disk) only warns: the data is already decoded.
     """

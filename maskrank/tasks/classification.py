@@ -19,13 +19,12 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from maskrank.checkpoints import load_encoder
 from maskrank.errors import ConfigError
+from maskrank.io.checkpoints import load_encoder
 from maskrank.models.dropout import DropoutSpec, as_dropout_specs
 from maskrank.models.dropout_apply import ExplicitDropoutPenalty, apply_dropout
 from maskrank.models.features import EncoderFeatures, encoder_features
-from maskrank.models.lora import LoRASpec
-from maskrank.models.lora_io import as_lora_spec
+from maskrank.models.lora import LoRASpec, as_lora_spec
 from maskrank.models.vit import ViTSpec, as_spec
 from maskrank.tasks.adaptation import Adaptation, check_adaptation, setup_adaptation
 from maskrank.tasks.optim import adamw, warmup_cosine_schedule

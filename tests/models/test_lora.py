@@ -13,14 +13,17 @@ from maskrank.errors import ConfigError, CorruptFileError
 from maskrank.models.lora import (
     LoRALinear,
     LoRASpec,
-    _MergedLoRA,
     apply_lora,
     delta_weight,
+    load_rank_map,
     lora_layers,
     lora_linear,
     merge_lora,
+    save_adapter,
+    save_merged,
+    write_rank_map,
 )
-from maskrank.models.lora_io import load_rank_map, save_adapter, save_merged, write_rank_map
+from maskrank.models.lora.kernel import _MergedLoRA
 
 
 def _vit(spec, num_classes=4):

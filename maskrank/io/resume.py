@@ -24,8 +24,8 @@ from typing import Any
 from jsonargparse import Namespace
 from pytorch_lightning.cli import SaveConfigCallback
 
-from maskrank.checkpoints import load_checkpoint, state_dict_mismatch
 from maskrank.errors import ConfigError, CorruptFileError, NoCheckpointToResumeError
+from maskrank.io.checkpoints import load_checkpoint, state_dict_mismatch
 
 __all__ = [
     "LastCheckpoint",

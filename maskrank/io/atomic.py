@@ -2,7 +2,7 @@
 
 ``os.replace`` is atomic within one directory, so a reader sees the old file or the new one, never
 a mix. A kill leaves at most a hidden ``.<name>.<pid>.<hex>.tmp`` beside the target, which the next
-write of that name removes. Used for checkpoints (:mod:`maskrank.checkpoint_io`), sweep result
+write of that name removes. Used for checkpoints (:mod:`maskrank.io.checkpoint_io`), sweep result
 markers, rank maps and the decoded-image cache.
 """
 

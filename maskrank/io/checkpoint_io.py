@@ -8,7 +8,7 @@ leaves a truncated ``last.ckpt``, and nothing is fsync'ed either way.
 
 :class:`AtomicCheckpointIO` writes the file next to its final name, fsyncs it, renames it over the
 final name (``os.replace``: atomic within one directory) and fsyncs the directory
-(:func:`maskrank.atomic.atomic_torch_save`). A reader sees the old checkpoint or the new one, never
+(:func:`maskrank.io.atomic.atomic_torch_save`). A reader sees the old checkpoint or the new one, never
 a mix. A kill leaves at most a hidden ``.<name>.<pid>.<hex>.tmp`` beside it, which the next write
 of that name removes. Remote URLs (``s3://...``) keep Lightning's
 behaviour. The CLI installs this plugin unless ``trainer.plugins`` already holds a ``CheckpointIO``.
@@ -21,7 +21,7 @@ from typing import Any
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from maskrank.atomic import atomic_torch_save
+from maskrank.io.atomic import atomic_torch_save
 
 __all__ = ["AtomicCheckpointIO", "atomic_torch_save"]
 
