@@ -1,6 +1,6 @@
 """`python -m maskrank` runs the same CLI as the `maskrank` console script."""
 
-from maskrank.cli import main
+from maskrank.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@
     python scripts/learning_check_adapt.py --root ../shared/data/cifar10
     python scripts/learning_check_adapt.py --root ../shared/data/cifar10 --mae-ckpt runs/.../last.ckpt
 
-Runs the shipped configs through the CLI machinery (``maskrank.cli.build_cli``), on a subset of a
+Runs the shipped configs through the CLI machinery (``maskrank.cli.lightning.build_cli``), on a subset of a
 CIFAR-10 ImageFolder (``root/train``, ``root/test``):
 
 1. stage 1: ``configs/pretrain/mae_vit_tiny_cifar10.yaml`` for ``--pretrain-steps`` optimizer
@@ -22,7 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
-from maskrank.cli import build_cli
+from maskrank.cli.lightning import build_cli
 from maskrank.tasks.adaptation import trainable_parameters
 
 MODES = ("linear_probe", "finetune", "lora")

@@ -9,7 +9,7 @@ import timm
 import torch
 import yaml
 
-from maskrank.adapt_cli import load_classifier
+from maskrank.cli.adapt import load_classifier
 from maskrank.cli import main
 from maskrank.io.checkpoints import encoder_state_dict
 from maskrank.models.lora import load_rank_map, lora_layers

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from maskrank.cli import build_cli
+from maskrank.cli.lightning import build_cli
 from maskrank.io.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
 from resume_helpers import tiny_mae_model, write_config
 

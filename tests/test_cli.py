@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskrank.cli import build_cli, main
+from maskrank.cli import main
+from maskrank.cli.lightning import build_cli
 from tests_helpers import TINY_DATA, TINY_VIT, event_tags
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from maskrank.cli import build_cli, main
+from maskrank.cli import main
+from maskrank.cli.lightning import build_cli
 from resume_helpers import max_abs_diff, read_steps, tiny_mae_model, write_config
 
 TESTS = Path(__file__).parent

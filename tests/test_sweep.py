@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from maskrank.cli import main
+from maskrank.cli.sweep import run_sweep
 from maskrank.errors import ConfigError
-from maskrank.sweep import run_sweep
 from tests_helpers import TINY_DATA, TINY_VIT, event_tags
 
 TRAINER = {

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from maskrank.sweep_results import Table, average_ranks, correlations, spearman, write_tables
+from maskrank.sweep.results import Table, average_ranks, correlations, spearman, write_tables
 
 
 def test_average_ranks_share_ties():

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from maskrank.errors import ConfigError
-from maskrank.sweep_load import load_sweep
-from maskrank.sweep_run import plan
-from maskrank.sweep_spec import format_value, short_names
+from maskrank.sweep.load import load_sweep
+from maskrank.sweep.plan import plan
+from maskrank.sweep.spec import format_value, short_names
 
 
 @pytest.fixture

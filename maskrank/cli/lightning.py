@@ -20,7 +20,10 @@ NaN/inf loss reaches the weights.
 
 from __future__ import annotations
 
-import sys
+import contextlib
+import io
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
@@ -31,7 +34,7 @@ from pytorch_lightning.plugins.io import CheckpointIO
 import maskrank.data  # noqa: F401  (registers the datamodules for --data NAME)
 import maskrank.tasks  # noqa: F401  (registers the tasks for --model NAME)
 from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint
-from maskrank.errors import MaskRankError
+from maskrank.cli.commands import commands_help
 from maskrank.io.checkpoint_io import AtomicCheckpointIO
 from maskrank.io.resume import RunConfigSaver, check_model_matches, prepare_ckpt_path
 
@@ -129,52 +132,59 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MaskRankCLI:
         save_config_callback=RunConfigSaver,
         parser_kwargs={
             "parser_mode": "omegaconf",
-            "epilog": "Also: `maskrank sweep SWEEP.yaml` (ablation grids), `maskrank report DIR` "
-            "(tables and plots of a sweep or run), `maskrank lora-rank CKPT` (per-module LoRA "
-            "ranks from a fine-tune's update) and `maskrank export CKPT --out DIR` (timm weights "
-            "and peft adapter); each takes --help.",
+            "epilog": commands_help(),
         },
         args=args,
         run=run,
     )
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of ``maskrank`` and ``python -m maskrank`` (``sys.argv[1:]`` when None).
+def lightning_command(argv: list[str]) -> None:
+    """``maskrank fit|validate|test|predict ...``: LightningCLI on ``argv`` (the subcommand first)."""
+    build_cli(argv)
 
-    User mistakes (:class:`maskrank.errors.MaskRankError`) are printed as one line on stderr and
-    exit with status 2, like argument errors; everything else propagates with its traceback.
-    ``maskrank sweep ...`` and ``maskrank report ...`` go to :mod:`maskrank.sweep`;
-    ``maskrank lora-rank ...`` and ``maskrank export ...`` go to :mod:`maskrank.adapt_cli`.
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence LightningCLI's warning about ``args`` given while ``sys.argv`` has arguments."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        yield
+
+
+def parse_error(args: list[str]) -> str | None:
+    """None if the parser accepts the ``maskrank`` arguments ``args`` (nothing is built), else why.
+
+    The reason is the innermost line of jsonargparse's error message.
     """
-    argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in ("sweep", "report"):
-        from maskrank.sweep import dispatch
-
-        return dispatch(list(argv))
-    if argv and argv[0] in ("lora-rank", "export"):
-        from maskrank.adapt_cli import dispatch as adapt_dispatch
-
-        return adapt_dispatch(list(argv))
+    out, err = io.StringIO(), io.StringIO()
     try:
-        build_cli(args)
-    except Exception as err:
-        user_error = _user_error(err)
-        if user_error is None:
-            raise
-        print(f"maskrank: error: {user_error}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-def _user_error(err: BaseException) -> MaskRankError | None:
-    """The MaskRankError behind ``err``: jsonargparse wraps errors raised while instantiating."""
-    seen = 0
-    while err is not None and seen < 20:
-        if isinstance(err, MaskRankError):
-            return err
-        err, seen = err.__cause__ or err.__context__, seen + 1
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _quiet():
+            build_cli([*args, "--print_config"])
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            return None
+        return _reason(err.getvalue())
     return None
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+_NOISE = ("Subtypes:", "Errors:", "Given value", "Does not validate", "Parser key", "Problem with")
+
+
+def _reason(text: str) -> str:
+    """The innermost line of a jsonargparse error."""
+    body = text[text.rfind("error:") + len("error:") :] if "error:" in text else text
+    lines = [line.strip().removeprefix("- ").strip() for line in body.splitlines()]
+    useful = [
+        line
+        for line in lines
+        if line and not line.startswith(_NOISE) and line != "Expected a <class 'NoneType'>"
+    ]
+    return useful[0] if useful else (lines[0] if lines else "rejected by the parser")
+
+
+def fit_in_process(args: list[str]) -> bool:
+    """Run ``maskrank ARGS`` here; True if the Trainer was interrupted (a sweep's fit)."""
+    with _quiet():
+        cli = build_cli(args)
+    return bool(cli.trainer.interrupted)

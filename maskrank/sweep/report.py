@@ -10,7 +10,6 @@ effective-rank) curves are plotted. Plots use matplotlib's Agg backend (no displ
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -20,9 +19,11 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from maskrank.errors import ConfigError
-from maskrank.sweep_results import Table, correlations, last_scalars
+from maskrank.sweep.layout import SweepLayout
+from maskrank.sweep.results import Table, correlations, last_scalars
+from maskrank.sweep.runner import write_outputs
 
-__all__ = ["plot_run", "plot_sweep", "report", "report_command"]
+__all__ = ["plot_run", "plot_sweep", "report"]
 
 _CURVES = {"loss": ("loss",), "accuracy": ("acc",), "effective_rank": ("effective_rank",)}
 _MAX_LINES = 8
@@ -147,12 +148,11 @@ def report(directory: str | Path, echo: Callable[[str], None] = print) -> list[P
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"maskrank report: no directory {directory}")
-    if (directory / "sweep.json").is_file():
-        from maskrank.sweep import write_outputs
-
+    layout = SweepLayout(directory)
+    if layout.is_sweep():
         table = write_outputs(directory)
-        echo((directory / "results.md").read_text())
-        written = plot_sweep(table, directory / "plots")
+        echo(layout.results_md.read_text())
+        written = plot_sweep(table, layout.plots)
     else:
         runs = _run_dirs(directory)
         if not runs:
@@ -170,13 +170,3 @@ def report(directory: str | Path, echo: Callable[[str], None] = print) -> list[P
             written += plot_run(run, run / "plots")
     echo("plots: " + (", ".join(str(p) for p in written) if written else "none (nothing to plot)"))
     return written
-
-
-def report_command(argv: list[str]) -> None:
-    """``maskrank report DIR`` (argument parsing)."""
-    parser = argparse.ArgumentParser(
-        prog="maskrank report",
-        description="Print the results of a sweep or run directory and write PNG plots next to them.",
-    )
-    parser.add_argument("directory", help="a sweep directory (runs/sweeps/NAME) or a run directory")
-    report(parser.parse_args(argv).directory)

@@ -1,4 +1,4 @@
-"""Reading a sweep file (format: :mod:`maskrank.sweep_spec`) into a checked :class:`SweepSpec`."""
+"""Reading a sweep file (format: :mod:`maskrank.sweep.spec`) into a checked :class:`SweepSpec`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from maskrank.errors import ConfigError
-from maskrank.sweep_spec import (
+from maskrank.sweep.spec import (
     CONFIG_KEYS,
     DEFAULT_METRICS,
     NAME,

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import sys
 from pathlib import Path
 
 import torch
 
-from maskrank.errors import ConfigError, MaskRankError
+from maskrank.errors import ConfigError
 from maskrank.io.checkpoints import encoder_state_dict, load_checkpoint, state_dict_mismatch
 from maskrank.metrics import energy_rank_key, singular_values, spectrum_metrics
 from maskrank.models.lora import (
@@ -34,7 +33,7 @@ from maskrank.models.lora import (
 from maskrank.tasks.adaptation import fold_probe_head
 from maskrank.tasks.classification import ImageClassifier
 
-__all__ = ["dispatch", "load_classifier", "update_deltas"]
+__all__ = ["export_command", "load_classifier", "lora_rank_command", "update_deltas"]
 
 
 def load_classifier(path: str | Path, flag: str = "CKPT") -> ImageClassifier:
@@ -89,7 +88,8 @@ def update_deltas(
     return deltas, bases
 
 
-def _lora_rank(argv: list[str]) -> None:
+def lora_rank_command(argv: list[str]) -> None:
+    """``maskrank lora-rank CKPT [--out rank_map.yaml]``."""
     parser = argparse.ArgumentParser(
         prog="maskrank lora-rank",
         description="Per-module LoRA ranks from the energy spectrum of a fine-tune's update.",
@@ -154,7 +154,8 @@ def _lora_rank(argv: list[str]) -> None:
     )
 
 
-def _export(argv: list[str]) -> None:
+def export_command(argv: list[str]) -> None:
+    """``maskrank export CKPT --out DIR``."""
     parser = argparse.ArgumentParser(
         prog="maskrank export",
         description="Write a classifier checkpoint as a plain timm model (adapters merged, "
@@ -172,13 +173,3 @@ def _export(argv: list[str]) -> None:
     vit.head = fold_probe_head(vit.head)
     merged = save_merged(vit, out / "timm")
     print(f"timm model: {merged}  (timm.create_model('local-dir:{merged}', pretrained=True))")
-
-
-def dispatch(argv: list[str]) -> None:
-    """``maskrank lora-rank ...`` and ``maskrank export ...``; user mistakes exit 2, one line."""
-    command, rest = argv[0], list(argv[1:])
-    try:
-        {"lora-rank": _lora_rank, "export": _export}[command](rest)
-    except MaskRankError as err:
-        print(f"maskrank: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -19,7 +19,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from maskrank.sweep_spec import format_value, short_names
+from maskrank.sweep.layout import SweepLayout
+from maskrank.sweep.spec import format_value, short_names
 
 __all__ = [
     "Table",
@@ -76,19 +77,15 @@ class Table:
 
 def collect(sweep_dir: Path, manifest: Mapping[str, Any]) -> Table:
     """The table of the finished cells listed in ``manifest`` (``sweep.json``) under ``sweep_dir``."""
+    layout = SweepLayout(sweep_dir)
     rows: list[dict[str, Any]] = []
     metric_keys: dict[str, None] = {}
     for cell in manifest["cells"]:
         row: dict[str, Any] = {"cell": cell["id"], **cell["params"]}
         for stage in manifest["stages"]:
-            run_dir = (
-                sweep_dir / cell["id"] / stage["name"]
-                if manifest["multi_stage"]
-                else sweep_dir / cell["id"]
-            )
-            try:
-                result = json.loads((run_dir / "result.json").read_text())
-            except (OSError, ValueError):
+            run_dir = layout.run_dir(cell["id"], stage["name"], manifest["multi_stage"])
+            result = layout.read_result(run_dir)
+            if result is None:
                 break
             prefix = f"{stage['name']}:" if manifest["multi_stage"] else ""
             for tag, value in select(result["metrics"], stage["metrics"]).items():
@@ -194,7 +191,7 @@ def seed_means(table: Table) -> list[list[str]]:
 def write_tables(table: Table, out_dir: Path) -> tuple[Path, Path]:
     """Write ``results.csv`` and ``results.md`` into ``out_dir``; returns their paths."""
     columns = ["cell", *table.param_keys, *table.metric_keys]
-    csv_path, md_path = out_dir / "results.csv", out_dir / "results.md"
+    csv_path, md_path = SweepLayout(out_dir).results_csv, SweepLayout(out_dir).results_md
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
