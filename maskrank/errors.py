@@ -29,6 +29,7 @@ __all__ = [
     "NoCheckpointToResumeError",
     "NonFiniteLossError",
     "check_interval",
+    "flag_of",
     "format_user_error",
     "settings_of",
     "user_error_in",
@@ -54,6 +55,11 @@ class CorruptFileError(MaskRankError, ValueError):
     """A file exists but cannot be read as what it should be (image, checkpoint, ...)."""
 
 
+def flag_of(field: str) -> str:
+    """The command-line flag of a task setting: ``lora.r`` -> ``model.init_args.lora.r``."""
+    return f"{TASK_FLAGS}.{field}"
+
+
 class ConfigError(MaskRankError, ValueError):
     """A config value is out of range or inconsistent with another value.
 
@@ -72,7 +78,7 @@ class ConfigError(MaskRankError, ValueError):
     @property
     def flag(self) -> str | None:
         """The command-line name of the setting, or None."""
-        return None if self.field is None else f"{TASK_FLAGS}.{self.field}"
+        return None if self.field is None else flag_of(self.field)
 
     def within(self, prefix: str) -> ConfigError:
         """The same error with its field one level down (``r`` under ``lora`` is ``lora.r``)."""

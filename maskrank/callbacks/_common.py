@@ -20,6 +20,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
+from maskrank.models.observed import ObservedTask
+
 __all__ = [
     "block_index_name",
     "due_after_validation",
@@ -94,6 +96,17 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def observed(pl_module: pl.LightningModule, owner: str, warned: set[str]) -> ObservedTask | None:
+    """``pl_module`` as the task surface callbacks read (:class:`ObservedTask`), or None, with one
+    warning per callback, for a module that does not offer it."""
+    if isinstance(pl_module, ObservedTask):
+        return pl_module
+    if "task" not in warned:
+        warned.add("task")
+        rank_zero_warn(f"{owner} needs a maskrank task (encode, encoder, masking, ...); skipped.")
+    return None
 
 
 def probe_images(

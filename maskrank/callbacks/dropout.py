@@ -37,6 +37,7 @@ from maskrank.callbacks._common import (
     eval_mode,
     log_from_rank_zero,
     module_type_name,
+    observed,
     probe_images,
     short_module_name,
 )
@@ -108,6 +109,8 @@ class DropoutPenaltyMonitor(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not due_after_validation(trainer, self.every_n_epochs):
             return
+        if observed(pl_module, type(self).__name__, self._warned) is None:
+            return
         mlps = find_mlps(pl_module)
         if not mlps:
             return  # identical on every rank: no collective is skipped by one rank only
@@ -137,13 +140,11 @@ class DropoutPenaltyMonitor(pl.Callback):
         handles = [mlp.fc2.register_forward_pre_hook(recorder(n)) for n, mlp in mlps.items()]
         try:
             with eval_mode(pl_module):
-                mae = getattr(pl_module, "mae", None)
-                if mae is not None:
-                    hp = pl_module.hparams
-                    ratio = hp.get("mask_ratio_end") or hp.get("mask_ratio", 0.75)
+                mae, masking = pl_module.masked_autoencoder, pl_module.masking
+                if mae is not None and masking is not None:
                     gen = torch.Generator(device=images.device).manual_seed(MASK_SEED)
                     for chunk in images.split(self.batch_size):  # (b, C, H, W)
-                        mae(chunk, ratio, hp.get("masking", "random"), gen)
+                        mae(chunk, masking.eval_ratio, masking.strategy, gen)
                 else:
                     for chunk in images.split(self.batch_size):
                         pl_module.encode(chunk)
@@ -158,7 +159,7 @@ class DropoutPenaltyMonitor(pl.Callback):
         """The ``dropout/...`` scalars for ``images`` (N, C, H, W), normalized, on the device."""
         metrics: dict[str, float] = {}
         # With explicit dropout the penalty in the loss is the one to show (drop1 is off then).
-        explicit = getattr(getattr(pl_module, "explicit_dropout", None), "fc2_rates", {})
+        explicit = pl_module.explicit_dropout_rates()
         for name, ms in self.mean_squares(pl_module, images, mlps).items():
             weight = mlps[name].fc2.weight  # (out, hidden): u_j = column j
             p = self.drop_rate

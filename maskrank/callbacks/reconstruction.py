@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
-from torchvision.utils import make_grid
+from matplotlib.figure import Figure
+from pytorch_lightning.utilities import rank_zero_only
 
+from maskrank.callbacks._common import (
+    due_after_validation,
+    eval_mode,
+    observed,
+    probe_images,
+    tensorboard,
+)
 from maskrank.models.mae import patchify, unpatchify
 
 VIS_SEED = 0
@@ -43,13 +49,52 @@ def reconstruction_rows(
     )
 
 
+ROW_LABELS = ("original", "masked", "reconstruction", "prediction")
+
+
+def reconstruction_figure(rows: torch.Tensor, step: int, ratio: float, cell_inches: float = 1.3):
+    """A labelled grid of ``rows`` (4, B, C, H, W) in [0, 1]: one row per stage, one column per
+    image, the step and mask ratio in the title; pixels drawn without smoothing, so small images
+    stay readable at ``cell_inches`` per image."""
+    n_rows, n_cols = rows.shape[:2]
+    figure = Figure(
+        figsize=(cell_inches * n_cols + 1.2, cell_inches * n_rows + 0.5),
+        dpi=100,
+        layout="constrained",
+    )
+    axes = figure.subplots(n_rows, n_cols, squeeze=False)
+    pictures = rows.permute(0, 1, 3, 4, 2).float().cpu().numpy()  # (4, B, H, W, C)
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            image = pictures[r, c]
+            ax.imshow(
+                image[..., 0] if image.shape[-1] == 1 else image,
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(ROW_LABELS[r], fontsize=9)
+    figure.suptitle(f"MAE reconstructions, step {step}, mask ratio {ratio:.2f}", fontsize=10)
+    return figure
+
+
 class ReconstructionLogger(pl.Callback):
     """Every ``every_n_epochs`` validation epochs, log original / masked / reconstructed images.
+
+    The grid (tag ``reconstructions/val``) is a labelled figure: rows original, masked input,
+    reconstruction, raw prediction; one column per fixed probe image; the step and mask ratio
+    in its title.
 
     Args:
         every_n_epochs: log after every this many validation epochs.
         num_images: how many fixed probe images (columns) to show.
-        mask_ratio: the ratio used for the picture (None: the model's ``mask_ratio``).
+        mask_ratio: the ratio used for the picture (None: the run's evaluation ratio, the one
+            ``val/loss`` uses).
     """
 
     def __init__(
@@ -58,39 +103,28 @@ class ReconstructionLogger(pl.Callback):
         self.every_n_epochs = every_n_epochs
         self.num_images = num_images
         self.mask_ratio = mask_ratio
-        self._images: torch.Tensor | None = None
-
-    def _probe(self, trainer: pl.Trainer) -> torch.Tensor | None:
-        if self._images is None:
-            dm = trainer.datamodule
-            if dm is None or not hasattr(dm, "probe_batch"):
-                rank_zero_warn("ReconstructionLogger needs a maskrank datamodule; skipped.")
-                return None
-            images, _ = dm.probe_batch(self.num_images)
-            self._images = images
-        return self._images
+        self._warned: set[str] = set()
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not due_after_validation(trainer, self.every_n_epochs):
             return
-        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-        mae = getattr(pl_module, "mae", None)
-        raw = self._probe(trainer)
-        if logger is None or mae is None or raw is None:
+        logger = tensorboard(trainer)
+        task = observed(pl_module, type(self).__name__, self._warned)
+        if logger is None or task is None or task.masked_autoencoder is None:
             return
+        images = probe_images(
+            trainer, pl_module, self.num_images, type(self).__name__, self._warned
+        )
+        if images is None:
+            return
+        mae, masking = task.masked_autoencoder, task.masking
+        ratio = self.mask_ratio if self.mask_ratio is not None else masking.eval_ratio
+        with eval_mode(mae), torch.no_grad():
+            rows = reconstruction_rows(mae, images, ratio, masking.strategy)
         dm = trainer.datamodule
-        images = dm.preprocess(raw.to(pl_module.device), train=False)
-        ratio = self.mask_ratio if self.mask_ratio is not None else pl_module.hparams.mask_ratio
-        was_training = mae.training
-        mae.eval()
-        with torch.no_grad():
-            rows = reconstruction_rows(
-                mae, images, ratio, pl_module.hparams.get("masking", "random")
-            )
-        mae.train(was_training)
         mean = torch.tensor(dm.mean, device=rows.device).view(1, 1, -1, 1, 1)
         std = torch.tensor(dm.std, device=rows.device).view(1, 1, -1, 1, 1)
-        rows = (rows * std + mean).clamp(0, 1)  # (4, B, C, H, W) in [0, 1]
-        grid = make_grid(rows.flatten(0, 1).float().cpu(), nrow=rows.shape[1], padding=1)
-        logger.experiment.add_image("reconstructions/val", grid, trainer.global_step)
+        rows = (rows.float() * std + mean).clamp(0, 1)  # (4, B, C, H, W) in [0, 1]
+        figure = reconstruction_figure(rows, trainer.global_step, ratio)
+        logger.experiment.add_figure("reconstructions/val", figure, trainer.global_step)

@@ -27,13 +27,13 @@ import re
 import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
-from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from maskrank.callbacks._common import (
     due_after_validation,
     eval_mode,
     log_from_rank_zero,
+    observed,
     probe_images,
     tensorboard,
 )
@@ -125,12 +125,7 @@ class RepresentationRankMonitor(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not due_after_validation(trainer, self.every_n_epochs):
             return
-        if not callable(getattr(pl_module, "encode", None)):
-            if "encode" not in self._warned:
-                self._warned.add("encode")
-                rank_zero_warn(
-                    "RepresentationRankMonitor needs a module with .encode(images); skipped."
-                )
+        if observed(pl_module, type(self).__name__, self._warned) is None:
             return
         images = probe_images(
             trainer, pl_module, self._size(pl_module), type(self).__name__, self._warned
@@ -148,7 +143,7 @@ class RepresentationRankMonitor(pl.Callback):
     def _size(self, pl_module: pl.LightningModule) -> int:
         if self.probe_size is not None:
             return self.probe_size
-        width = getattr(getattr(pl_module, "encoder", None), "embed_dim", None)
+        width = getattr(pl_module.encoder, "embed_dim", None)
         return 10 * int(width) if width else _FALLBACK_PROBE_SIZE
 
     @torch.no_grad()

@@ -77,10 +77,10 @@ DEFAULT_TARGETS: dict[str, tuple[str, ...]] = {
 EXPLICIT_TARGET = "mlp.drop1"  # the only site whose dropout has an explicit form here
 
 
-def check_rate(p: object, flag: str = "p") -> float:
+def check_rate(p: object, field: str = "dropout.rate") -> float:
     """Return ``p`` as a float if it is a drop probability in [0, 1); else a one-line ConfigError."""
     if isinstance(p, bool) or not isinstance(p, Real) or not 0.0 <= float(p) < 1.0:
-        raise ConfigError(f"{flag} = {p!r} must be a drop probability in [0, 1)")
+        raise ConfigError(f"{{field}} = {p!r} must be a drop probability in [0, 1)", field)
     return float(p)
 
 
@@ -257,98 +257,110 @@ class DropoutSpec:
     targets: list[str] | None = None
     mode: Mode = "implicit"
 
+    def checked(self, field: str = "dropout") -> DropoutSpec:
+        """This spec, checked once (errors name ``field``), as a copy with canonical targets.
 
-def _choice(value: object, allowed: tuple[str, ...], flag: str) -> str:
+        The tasks call it through :func:`as_dropout_specs`, whose specs the code below trusts.
+
+        Raises:
+            ConfigError: unknown variant/where/mode, rate outside [0, 1), bad blocks or targets, or
+                explicit mode for anything but feature dropout on ``mlp.drop1``.
+        """
+        _choice(self.variant, get_args(Variant), f"{field}.variant")
+        _choice(self.where, get_args(Where), f"{field}.where")
+        _choice(self.mode, get_args(Mode), f"{field}.mode")
+        rate = check_rate(self.rate, f"{field}.rate")
+        if self.blocks is not None and (
+            isinstance(self.blocks, str)
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in self.blocks)
+        ):
+            raise ConfigError(
+                f"{{field}} = {self.blocks!r} must be a list of block indices", f"{field}.blocks"
+            )
+        if self.variant == "token" and (self.blocks is not None or self.where != "encoder"):
+            raise ConfigError(
+                "{field}: token dropout acts on the encoder input; leave blocks unset, where: encoder",
+                field,
+            )
+        targets = _canonical_targets(self, field)
+        if self.mode == "explicit" and (self.variant != "feature" or targets != [EXPLICIT_TARGET]):
+            raise ConfigError(
+                f"{{field}} = 'explicit' needs variant: feature on targets [{EXPLICIT_TARGET}] "
+                "(the MLP hidden units, SCIENCE.md §4)",
+                f"{field}.mode",
+            )
+        blocks = None if self.blocks is None else list(self.blocks)
+        return replace(self, rate=rate, blocks=blocks, targets=targets)
+
+
+def _choice(value: object, allowed: tuple[str, ...], field: str) -> str:
     if value not in allowed:
-        raise ConfigError(f"{flag} = {value!r}: expected one of {list(allowed)}")
+        raise ConfigError(f"{{field}} = {value!r}: expected one of {list(allowed)}", field)
     return str(value)
 
 
-def _canonical_targets(spec: DropoutSpec, flag: str) -> list[str] | None:
+def _canonical_targets(spec: DropoutSpec, field: str) -> list[str] | None:
     """Targets as full block-relative paths (``drop1`` -> ``mlp.drop1``); None if not applicable."""
     if spec.variant not in TARGETS:
         if spec.targets is not None:
-            raise ConfigError(f"{flag}.targets must be unset for variant {spec.variant!r}")
+            raise ConfigError(
+                f"{{field}} must be unset for variant {spec.variant!r}", f"{field}.targets"
+            )
         return None
     allowed = TARGETS[spec.variant]
     if spec.targets is None:
         return list(DEFAULT_TARGETS[spec.variant])
     if isinstance(spec.targets, str) or not spec.targets:
-        raise ConfigError(f"{flag}.targets must be a non-empty list of {list(allowed)}")
+        raise ConfigError(
+            f"{{field}} must be a non-empty list of {list(allowed)}", f"{field}.targets"
+        )
     short = {path.rsplit(".", 1)[-1]: path for path in allowed}
     out: list[str] = []
     for target in spec.targets:
         path = short.get(target, target)
         if path not in allowed:
             raise ConfigError(
-                f"{flag}.targets: {target!r} is not a {spec.variant} site; expected {list(allowed)}"
+                f"{{field}}: {target!r} is not a {spec.variant} site; expected {list(allowed)}",
+                f"{field}.targets",
             )
         if path not in out:
             out.append(path)
     return out
 
 
-def check_spec(spec: DropoutSpec, flag: str = "dropout") -> DropoutSpec:
-    """Validate ``spec`` (``flag`` names it in errors); return a copy with canonical targets.
-
-    Raises:
-        ConfigError: unknown variant/where/mode, rate outside [0, 1), bad blocks or targets, or
-            explicit mode for anything but feature dropout on ``mlp.drop1``.
-    """
-    if not isinstance(spec, DropoutSpec):
-        raise ConfigError(f"{flag} must be a dropout spec (variant, rate, ...), got {spec!r}")
-    _choice(spec.variant, get_args(Variant), f"{flag}.variant")
-    _choice(spec.where, get_args(Where), f"{flag}.where")
-    _choice(spec.mode, get_args(Mode), f"{flag}.mode")
-    rate = check_rate(spec.rate, f"{flag}.rate")
-    if spec.blocks is not None and (
-        isinstance(spec.blocks, str)
-        or not all(isinstance(b, int) and not isinstance(b, bool) for b in spec.blocks)
-    ):
-        raise ConfigError(f"{flag}.blocks = {spec.blocks!r} must be a list of block indices")
-    if spec.variant == "token" and (spec.blocks is not None or spec.where != "encoder"):
-        raise ConfigError(
-            f"{flag}: token dropout acts on the encoder input; leave blocks unset, where: encoder"
-        )
-    targets = _canonical_targets(spec, flag)
-    if spec.mode == "explicit" and (spec.variant != "feature" or targets != [EXPLICIT_TARGET]):
-        raise ConfigError(
-            f"{flag}.mode = 'explicit' needs variant: feature on targets [{EXPLICIT_TARGET}] "
-            "(the MLP hidden units, SCIENCE.md §4)"
-        )
-    blocks = None if spec.blocks is None else list(spec.blocks)
-    return replace(spec, rate=rate, blocks=blocks, targets=targets)
-
-
 def checked_specs(
     value: DropoutSpec | dict | list[DropoutSpec | dict] | None,
-    flag: str = "model.init_args.dropout",
+    field: str = "dropout",
 ) -> list[tuple[DropoutSpec, str]]:
-    """Validated specs, each with the flag that names it (``flag`` or ``flag[i]`` in a list)."""
+    """Validated specs, each with the field that names it (``field`` or ``field[i]`` in a list)."""
     if value is None:
         return []
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     out = []
     for i, item in enumerate(items):
-        item_flag = f"{flag}[{i}]" if isinstance(value, (list, tuple)) else flag
+        item_field = f"{field}[{i}]" if isinstance(value, (list, tuple)) else field
         if isinstance(item, dict):
             unknown = set(item) - set(DropoutSpec.__dataclass_fields__)
             if unknown:
-                raise ConfigError(f"{item_flag}: unknown field(s) {sorted(unknown)}")
+                raise ConfigError(f"{{field}}: unknown field(s) {sorted(unknown)}", item_field)
             item = DropoutSpec(**item)
-        out.append((check_spec(item, item_flag), item_flag))
+        elif not isinstance(item, DropoutSpec):
+            raise ConfigError(
+                f"{{field}} must be a dropout spec (variant, rate, ...), got {item!r}", item_field
+            )
+        out.append((item.checked(item_field), item_field))
     return out
 
 
 def as_dropout_specs(
     value: DropoutSpec | dict | list[DropoutSpec | dict] | None,
-    flag: str = "model.init_args.dropout",
+    field: str = "dropout",
 ) -> list[DropoutSpec]:
     """Accept a spec, its ``asdict`` form (as in checkpoint hparams), a list of these, or None.
 
     Returns validated specs with canonical targets (``[]`` for None).
 
     Raises:
-        ConfigError: as :func:`check_spec`, naming ``flag`` (``flag[i]`` for list items).
+        ConfigError: as :meth:`DropoutSpec.checked`, naming ``field`` (``field[i]`` for list items).
     """
-    return [spec for spec, _ in checked_specs(value, flag)]
+    return [spec for spec, _ in checked_specs(value, field)]

@@ -20,7 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from maskrank.errors import ConfigError
+from maskrank.errors import ConfigError, flag_of
 from maskrank.metrics.dropout import dropout_penalty_term
 from maskrank.models.dropout import (
     EXPLICIT_TARGET,
@@ -34,12 +34,18 @@ from maskrank.models.dropout import (
 )
 from maskrank.models.mae import MaskedAutoencoder
 
-__all__ = ["ExplicitDropoutPenalty", "apply_dropout", "block_groups", "selected_blocks"]
+__all__ = [
+    "ExplicitDropoutPenalty",
+    "apply_dropout",
+    "block_groups",
+    "install_dropout",
+    "selected_blocks",
+]
 
 SpecLike = DropoutSpec | dict | Sequence[DropoutSpec | dict] | None
 
 
-def block_groups(model: nn.Module, where: str, flag: str) -> list[tuple[str, nn.ModuleList]]:
+def block_groups(model: nn.Module, where: str, field: str) -> list[tuple[str, nn.ModuleList]]:
     """``(prefix, blocks)`` of the encoder and/or decoder of a timm ViT or MaskedAutoencoder."""
     if isinstance(model, MaskedAutoencoder):
         groups = {"encoder": ("encoder.blocks", model.encoder.blocks)}
@@ -47,7 +53,9 @@ def block_groups(model: nn.Module, where: str, flag: str) -> list[tuple[str, nn.
     elif isinstance(model, VisionTransformer):
         groups = {"encoder": ("blocks", model.blocks)}
         if where != "encoder":
-            raise ConfigError(f"{flag}.where = {where!r}: a ViT classifier has only an encoder")
+            raise ConfigError(
+                f"{{field}} = {where!r}: a ViT classifier has only an encoder", f"{field}.where"
+            )
     else:
         raise TypeError(f"expected a timm VisionTransformer or a MaskedAutoencoder, got {model!r}")
     names = ["encoder", "decoder"] if where == "both" else [where]
@@ -55,33 +63,36 @@ def block_groups(model: nn.Module, where: str, flag: str) -> list[tuple[str, nn.
 
 
 def selected_blocks(
-    model: nn.Module, where: str, blocks: list[int] | None, flag: str
+    model: nn.Module, where: str, blocks: list[int] | None, field: str
 ) -> Iterator[tuple[str, nn.Module]]:
     """``(name, block)`` for the chosen block indices of each selected group (all when None)."""
-    for prefix, group in block_groups(model, where, flag):
+    for prefix, group in block_groups(model, where, field):
         depth = len(group)
         indices = range(depth) if blocks is None else blocks
         for i in indices:
             if not -depth <= i < depth:
                 raise ConfigError(
-                    f"{flag}.blocks: index {i} is out of range for {prefix} (depth {depth})"
+                    f"{{field}}: index {i} is out of range for {prefix} (depth {depth})",
+                    f"{field}.blocks",
                 )
         for i in sorted({i % depth for i in indices}):
             yield f"{prefix}.{i}", group[i]
 
 
-def _parent(root: nn.Module, path: str, flag: str, where: str) -> tuple[nn.Module, str]:
+def _parent(root: nn.Module, path: str, field: str, where: str) -> tuple[nn.Module, str]:
     """The module holding ``path`` (dotted, below ``root``) and the attribute name."""
     *parents, attr = path.split(".")
     parent = root
     for part in parents:
         parent = getattr(parent, part, None)
     if not isinstance(parent, nn.Module) or not isinstance(getattr(parent, attr, None), nn.Module):
-        raise ConfigError(f"{flag}.targets: {where} has no {path} (not a timm Block with an Mlp)")
+        raise ConfigError(
+            f"{{field}}: {where} has no {path} (not a timm Block with an Mlp)", f"{field}.targets"
+        )
     return parent, attr
 
 
-def _replacement(spec: DropoutSpec, old: nn.Module, name: str, flag: str) -> nn.Module:
+def _replacement(spec: DropoutSpec, old: nn.Module, name: str, field: str) -> nn.Module:
     """The module that implements ``spec`` at a site currently holding ``old``."""
     p, variant = spec.rate, spec.variant
     if spec.mode == "explicit":
@@ -94,7 +105,9 @@ def _replacement(spec: DropoutSpec, old: nn.Module, name: str, flag: str) -> nn.
         return DropPath(p) if p > 0 else nn.Identity()
     if variant == "dropconnect":
         if not isinstance(old, nn.Linear):
-            raise ConfigError(f"{flag}.targets: {name} is a {type(old).__name__}, not nn.Linear")
+            raise ConfigError(
+                f"{{field}}: {name} is a {type(old).__name__}, not nn.Linear", f"{field}.targets"
+            )
         if p > 0:
             return DropConnectLinear.from_linear(old, p)
         plain = nn.Linear(old.in_features, old.out_features, old.bias is not None, device="meta")
@@ -103,25 +116,24 @@ def _replacement(spec: DropoutSpec, old: nn.Module, name: str, flag: str) -> nn.
     raise AssertionError(variant)  # pragma: no cover - token handled by the caller
 
 
-def _sites(model: nn.Module, spec: DropoutSpec, flag: str) -> Iterator[tuple[str, nn.Module, str]]:
+def _sites(model: nn.Module, spec: DropoutSpec, field: str) -> Iterator[tuple[str, nn.Module, str]]:
     """``(full name, parent, attribute)`` of every module ``spec`` replaces."""
     if spec.variant == "token":
         if not isinstance(model, VisionTransformer):
             raise ConfigError(
-                f"{flag}.variant = 'token' is for classifiers: MAE pretraining already drops "
-                "tokens (set model.init_args.mask_ratio)"
+                f"{{field}} = 'token' is for classifiers: MAE pretraining already drops "
+                f"tokens (set {flag_of('mask_ratio')})",
+                f"{field}.variant",
             )
         yield "patch_drop", model, "patch_drop"
         return
-    for block_name, block in selected_blocks(model, spec.where, spec.blocks, flag):
+    for block_name, block in selected_blocks(model, spec.where, spec.blocks, field):
         for path in spec.targets or ():
-            parent, attr = _parent(block, path, flag, block_name)
+            parent, attr = _parent(block, path, field, block_name)
             yield f"{block_name}.{path}", parent, attr
 
 
-def apply_dropout(
-    model: nn.Module, specs: SpecLike, flag: str = "model.init_args.dropout"
-) -> list[str]:
+def apply_dropout(model: nn.Module, specs: SpecLike, field: str = "dropout") -> list[str]:
     """Install the dropout variants ``specs`` in ``model`` in place; return the replaced names.
 
     ``model`` is a timm ``VisionTransformer`` (classifier: ``where`` must be ``encoder``) or a
@@ -136,22 +148,28 @@ def apply_dropout(
     Raises:
         ConfigError: an invalid spec, a block index out of range, a missing site, a ``decoder``
             on a classifier, ``token`` on an MAE, or two specs setting the same module (each
-            message names ``flag``).
+            message names ``field``).
     """
-    owner: dict[str, str] = {}  # module name -> flag of the spec that set it
+    return _install(model, checked_specs(specs, field))
+
+
+def _install(model: nn.Module, specs: list[tuple[DropoutSpec, str]]) -> list[str]:
+    owner: dict[str, str] = {}  # module name -> field of the spec that set it
     changed: list[str] = []
-    for spec, spec_flag in checked_specs(specs, flag):
+    for spec, spec_field in specs:
         if spec.variant == "none":
             continue
-        for name, parent, attr in _sites(model, spec, spec_flag):
+        for name, parent, attr in _sites(model, spec, spec_field):
             if name in owner:
-                raise ConfigError(f"{spec_flag} and {owner[name]} both set {name}")
-            owner[name] = spec_flag
+                raise ConfigError(
+                    f"{{field}} and {flag_of(owner[name])} both set {name}", spec_field
+                )
+            owner[name] = spec_field
             if spec.variant == "token":
                 prefix = model.num_prefix_tokens  # CLS (and registers) always kept
                 new = TokenDropout(spec.rate, prefix) if spec.rate > 0 else nn.Identity()
             else:
-                new = _replacement(spec, getattr(parent, attr), name, spec_flag)
+                new = _replacement(spec, getattr(parent, attr), name, spec_field)
             setattr(parent, attr, new)
             changed.append(name)
     return changed
@@ -183,7 +201,7 @@ class ExplicitDropoutPenalty:
         rate: the drop probability ``p`` in [0, 1) whose penalty (``λ = p/(1-p)``) is added.
         where: ``encoder``, ``decoder`` (MAE only) or ``both``.
         blocks: block indices (negative from the end); None: all.
-        flag: how error messages name the setting.
+        field: how error messages name the setting.
     """
 
     def __init__(
@@ -192,12 +210,12 @@ class ExplicitDropoutPenalty:
         rate: float,
         where: str = "encoder",
         blocks: list[int] | None = None,
-        flag: str = "model.init_args.dropout",
+        field: str = "dropout",
     ) -> None:
         self._hooked: dict[str, tuple[nn.Module, float]] = {}  # fc2 name -> (fc2, p)
         self._handles: list[RemovableHandle] = []
         self._terms: list[Tensor] = []  # 0-d penalty per hooked fc2 call since the last pop
-        self.add(model, rate, where, blocks, flag)
+        self.add(model, rate, where, blocks, field)
 
     def add(
         self,
@@ -205,18 +223,22 @@ class ExplicitDropoutPenalty:
         rate: float,
         where: str = "encoder",
         blocks: list[int] | None = None,
-        flag: str = "model.init_args.dropout",
+        field: str = "dropout",
     ) -> None:
         """Hook more ``fc2`` s (same arguments as the constructor)."""
-        p = check_rate(rate, f"{flag}.rate")
-        for block_name, block in selected_blocks(model, where, blocks, flag):
-            parent, attr = _parent(block, EXPLICIT_TARGET, flag, block_name)
+        p = check_rate(rate, f"{field}.rate")
+        for block_name, block in selected_blocks(model, where, blocks, field):
+            parent, attr = _parent(block, EXPLICIT_TARGET, field, block_name)
             fc2 = getattr(parent, "fc2", None)
             if not isinstance(fc2, nn.Linear) or not isinstance(parent.norm, nn.Identity):
-                raise ConfigError(f"{flag}: {block_name}.mlp is not fc1 → act → drop1 → fc2")
+                raise ConfigError(
+                    f"{{field}}: {block_name}.mlp is not fc1 → act → drop1 → fc2", field
+                )
             name = f"{block_name}.mlp.fc2"
             if name in self._hooked:
-                raise ConfigError(f"{flag}: {name} already carries an explicit dropout penalty")
+                raise ConfigError(
+                    f"{{field}}: {name} already carries an explicit dropout penalty", field
+                )
             self._hooked[name] = (fc2, p)
             self._handles.append(fc2.register_forward_pre_hook(partial(self._record, p)))
 
@@ -232,17 +254,23 @@ class ExplicitDropoutPenalty:
 
     @classmethod
     def from_specs(
-        cls, model: nn.Module, specs: SpecLike, flag: str = "model.init_args.dropout"
+        cls, model: nn.Module, specs: SpecLike, field: str = "dropout"
     ) -> ExplicitDropoutPenalty | None:
         """The penalty of every ``mode: explicit`` spec in ``specs``; None if there is none."""
+        return cls._from_checked(model, checked_specs(specs, field))
+
+    @classmethod
+    def _from_checked(
+        cls, model: nn.Module, specs: list[tuple[DropoutSpec, str]]
+    ) -> ExplicitDropoutPenalty | None:
         penalty = None
-        for spec, spec_flag in checked_specs(specs, flag):
+        for spec, spec_field in specs:
             if spec.mode != "explicit":
                 continue
             if penalty is None:
-                penalty = cls(model, spec.rate, spec.where, spec.blocks, spec_flag)
+                penalty = cls(model, spec.rate, spec.where, spec.blocks, spec_field)
             else:
-                penalty.add(model, spec.rate, spec.where, spec.blocks, spec_flag)
+                penalty.add(model, spec.rate, spec.where, spec.blocks, spec_field)
         return penalty
 
     def _record(self, p: float, module: nn.Module, args: tuple[Tensor, ...]) -> None:
@@ -272,3 +300,17 @@ class ExplicitDropoutPenalty:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.rates})"
+
+
+def install_dropout(
+    model: nn.Module, specs: SpecLike
+) -> tuple[list[DropoutSpec], ExplicitDropoutPenalty | None]:
+    """What a task does with its ``dropout`` argument, in one call: check the specs once, install
+    them in ``model`` (:func:`apply_dropout`) and hook the penalty of the explicit ones.
+
+    Returns the checked specs (canonical targets; stored in the task's hyperparameters) and the
+    :class:`ExplicitDropoutPenalty`, or None without a ``mode: explicit`` spec.
+    """
+    checked = checked_specs(specs)
+    _install(model, checked)
+    return [spec for spec, _ in checked], ExplicitDropoutPenalty._from_checked(model, checked)

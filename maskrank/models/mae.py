@@ -138,8 +138,9 @@ class MaskedAutoencoder(nn.Module):
             )
         if decoder_dim % decoder_heads:
             raise ConfigError(
-                f"decoder_dim {decoder_dim} must be divisible by decoder_heads "
-                f"{decoder_heads} (model.init_args.decoder_dim / decoder_heads)"
+                f"decoder_dim {decoder_dim} must be divisible by decoder_heads {decoder_heads} "
+                "({field})",
+                "decoder_heads",
             )
         self.encoder = encoder
         self.patch = encoder.patch_embed.patch_size[0]

@@ -21,11 +21,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
-from maskrank.errors import ConfigError
+from maskrank.errors import ConfigError, check_interval
 
 Strategy = Literal["random", "block", "grid"]
 
@@ -42,15 +42,59 @@ class Masking:
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
-    """Number of visible patches for a ratio: ``round(L * (1 - r))``, at least 1."""
-    check_mask_ratio(mask_ratio)
+    """Number of visible patches for a ratio in [0, 1): ``round(L * (1 - r))``, at least 1."""
+    check_interval(mask_ratio, "mask_ratio", 0.0, 1.0)
     return max(1, int(round(num_patches * (1.0 - mask_ratio))))
 
 
-def check_mask_ratio(mask_ratio: float, flag: str = "model.init_args.mask_ratio") -> None:
-    """Raise ConfigError unless ``0 <= mask_ratio < 1``."""
-    if not 0.0 <= float(mask_ratio) < 1.0:
-        raise ConfigError(f"mask ratio {mask_ratio} ({flag}) must be in [0, 1)")
+@dataclass(frozen=True)
+class MaskingSpec:
+    """How patches are masked over a run: the ratio (fixed, drawn per batch, or scheduled) and the
+    strategy, checked once; errors name the task's arguments (``mask_ratio``, ...).
+
+    Attributes:
+        ratio: fraction of patches masked (the start value when ``end`` is set), in [0, 1).
+        range: if set, a ratio drawn uniformly from [low, high) for every training batch.
+        end: if set, the training ratio moves linearly from ``ratio`` to this over training.
+        strategy: ``random`` (MAE), ``block`` (BEiT-style rectangles) or ``grid``.
+    """
+
+    ratio: float = 0.75
+    range: tuple[float, float] | None = None
+    end: float | None = None
+    strategy: Strategy = "random"
+
+    def __post_init__(self) -> None:
+        check_interval(self.ratio, "mask_ratio", 0.0, 1.0)
+        if self.end is not None:
+            check_interval(self.end, "mask_ratio_end", 0.0, 1.0)
+        if self.range is not None:
+            low, high = self.range
+            check_interval(low, "mask_ratio_range", 0.0, 1.0)
+            check_interval(high, "mask_ratio_range", 0.0, 1.0)
+            if low > high:
+                raise ConfigError(f"{{field}} = [{low}, {high}] is high-to-low", "mask_ratio_range")
+            object.__setattr__(self, "range", (float(low), float(high)))
+        if self.strategy not in get_args(Strategy):
+            raise ConfigError(
+                f"unknown masking {self.strategy!r} ({{field}}): expected random, block or grid",
+                "masking",
+            )
+
+    @property
+    def varies(self) -> bool:
+        """True if the training ratio changes from batch to batch (drawn or scheduled)."""
+        return self.range is not None or self.end is not None
+
+    @property
+    def eval_ratio(self) -> float:
+        """The one ratio every evaluation uses (validation loss, monitors, reconstructions): the
+        ratio training ends at with a schedule (``end``, 0.0 included), else ``ratio``."""
+        return self.ratio if self.end is None else self.end
+
+    def ratio_at(self, progress: float, rng: random.Random | None = None) -> float:
+        """The training ratio for one batch at ``progress`` (fraction of training done)."""
+        return mask_ratio_at(progress, self.ratio, self.range, self.end, rng)
 
 
 def masking_from_scores(scores: torch.Tensor, num_keep: int) -> Masking:
@@ -139,8 +183,9 @@ def grid_masking(
     stride = math.sqrt(1.0 / (1.0 - mask_ratio))
     if abs(stride - round(stride)) > 1e-3:
         raise ConfigError(
-            f"grid masking needs 1 / (1 - mask_ratio) to be a square (0.75, 0.8889, 0.9375); "
-            f"got mask_ratio {mask_ratio} (model.init_args.mask_ratio)"
+            "grid masking needs 1 / (1 - mask_ratio) to be a square (0.75, 0.8889, 0.9375); "
+            f"got {{field}} = {mask_ratio}",
+            "mask_ratio",
         )
     s = int(round(stride))
     gh, gw = grid
@@ -168,7 +213,7 @@ def make_masking(
     if strategy == "grid":
         return grid_masking(batch, grid, mask_ratio, device, generator)
     raise ConfigError(
-        f"unknown masking {strategy!r} (model.init_args.masking): expected random, block or grid"
+        f"unknown masking {strategy!r} ({{field}}): expected random, block or grid", "masking"
     )
 
 

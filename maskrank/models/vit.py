@@ -18,7 +18,9 @@ from typing import Any
 import timm
 from timm.models.vision_transformer import VisionTransformer
 
-from maskrank.errors import ConfigError
+from maskrank.errors import ConfigError, check_interval, flag_of
+
+GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "map")  # timm's, "" (no pool) aside
 
 # name -> (timm architecture, overrides). The "_32" presets use 4-px patches (64 tokens at 32 px),
 # the usual choice for CIFAR-sized images; "_224" presets are the standard ImageNet ViTs.
@@ -43,27 +45,27 @@ def _resolve_preset(preset: str) -> tuple[str, dict[str, Any]]:
     if preset.startswith("vit_") and preset.split(".")[0] in timm.list_models("vit_*"):
         return preset, {}  # any timm ViT architecture (``name.tag`` picks pretrained weights)
     raise ConfigError(
-        f"unknown ViT preset {preset!r} (model.init_args.vit.preset): expected one of "
-        f"{sorted(PRESETS)} or a timm ViT name such as 'vit_small_patch16_224'"
+        f"unknown ViT preset {preset!r} ({{field}}): expected one of "
+        f"{sorted(PRESETS)} or a timm ViT name such as 'vit_small_patch16_224'",
+        "vit.preset",
     )
 
 
 def _validate(kwargs: dict[str, Any]) -> None:
+    """What only the built model can tell: the patch against the image size, the preset's width
+    against the heads."""
     img, patch = kwargs.get("img_size", 224), kwargs.get("patch_size", 16)
     if not isinstance(patch, int) or patch < 1 or img % patch:
         raise ConfigError(
-            f"patch_size {patch} (model.init_args.vit.patch_size) must divide the image size "
-            f"{img} (data.init_args.image_size)"
+            f"patch_size {patch} ({{field}}) must divide the image size "
+            f"{img} (data.init_args.image_size)",
+            "vit.patch_size",
         )
     dim, heads = kwargs.get("embed_dim"), kwargs.get("num_heads")
     if dim is not None and heads is not None and dim % heads:
         raise ConfigError(
-            f"embed_dim {dim} must be divisible by num_heads {heads} (model.init_args.vit)"
+            f"embed_dim {dim} must be divisible by num_heads {heads} ({{field}})", "vit"
         )
-    for key in ("drop_rate", "attn_drop_rate", "proj_drop_rate", "drop_path_rate", "pos_drop_rate"):
-        rate = kwargs.get(key)
-        if rate is not None and not 0.0 <= rate < 1.0:
-            raise ConfigError(f"{key} = {rate} (model.init_args.vit.{key}) must be in [0, 1)")
 
 
 def build_vit(
@@ -98,9 +100,10 @@ def build_vit(
         except Exception as err:  # network, hub and missing-tag errors all end here
             reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
             raise ConfigError(
-                f"cannot load timm's pretrained weights for {arch!r} (model.init_args.pretrained "
+                f"cannot load timm's pretrained weights for {arch!r} ({{field}} "
                 f"with vit.preset {preset!r}): {reason}; offline, start from a checkpoint with "
-                "model.init_args.encoder_ckpt instead"
+                f"{flag_of('encoder_ckpt')} instead",
+                "pretrained",
             ) from None
     if not isinstance(model, VisionTransformer):  # pragma: no cover - guarded by the name check
         raise ConfigError(f"{preset!r} is not a timm VisionTransformer")
@@ -138,6 +141,23 @@ class ViTSpec:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     global_pool: str = "token"
+
+    def __post_init__(self) -> None:
+        # errors name the task argument that holds the spec: vit.<field>
+        for key in ("drop_rate", "proj_drop_rate", "attn_drop_rate", "drop_path_rate"):
+            check_interval(getattr(self, key), f"vit.{key}", 0.0, 1.0)
+        for key in ("patch_size", "embed_dim", "depth", "num_heads"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{{field}} = {value!r} must be a positive integer", f"vit.{key}")
+        if self.mlp_ratio is not None:
+            check_interval(self.mlp_ratio, "vit.mlp_ratio", 0.0, low_open=True)
+        if self.global_pool not in GLOBAL_POOLS:
+            raise ConfigError(
+                f"{{field}} = {self.global_pool!r}: expected one of {list(GLOBAL_POOLS)}",
+                "vit.global_pool",
+            )
+        _resolve_preset(self.preset)
 
     def build(
         self, img_size: int, in_chans: int = 3, num_classes: int = 0, **extra: Any

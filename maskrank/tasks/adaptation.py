@@ -17,7 +17,7 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from maskrank.errors import ConfigError
+from maskrank.errors import ConfigError, check_interval
 from maskrank.models.lora import LoRASpec, LoRAView, apply_lora
 
 __all__ = [
@@ -33,16 +33,14 @@ Adaptation = Literal["finetune", "linear_probe", "lora"]
 
 
 def check_adaptation(adaptation: str, layer_decay: float) -> None:
-    """One-line errors for ``model.init_args.adaptation`` / ``layer_decay``."""
+    """One-line errors for ``adaptation`` / ``layer_decay``."""
     if adaptation not in get_args(Adaptation):
         raise ConfigError(
-            f"adaptation = {adaptation!r} (model.init_args.adaptation): expected one of "
-            f"{', '.join(get_args(Adaptation))}"
+            f"adaptation = {adaptation!r} ({{field}}): expected one of "
+            f"{', '.join(get_args(Adaptation))}",
+            "adaptation",
         )
-    if not 0.0 < layer_decay <= 1.0:
-        raise ConfigError(
-            f"layer_decay = {layer_decay} (model.init_args.layer_decay) must be in (0, 1]"
-        )
+    check_interval(layer_decay, "layer_decay", 0.0, 1.0, low_open=True, high_open=False)
 
 
 def probe_head(head: nn.Linear) -> nn.Sequential:

@@ -17,12 +17,13 @@ from dataclasses import asdict
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from maskrank.errors import ConfigError
+from maskrank.errors import ConfigError, check_interval
 from maskrank.io.checkpoints import load_encoder
-from maskrank.models.dropout import DropoutSpec, as_dropout_specs
-from maskrank.models.dropout_apply import ExplicitDropoutPenalty, apply_dropout
+from maskrank.models.dropout import DropoutSpec
+from maskrank.models.dropout_apply import install_dropout
 from maskrank.models.features import EncoderFeatures, encoder_features
 from maskrank.models.lora import LoRASpec, as_lora_spec
 from maskrank.models.vit import ViTSpec, as_spec
@@ -90,29 +91,24 @@ class ImageClassifier(pl.LightningModule):
         spec = as_spec(vit)
         if num_classes < 2:
             raise ConfigError(f"num_classes = {num_classes} must be >= 2 (set by the datamodule)")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(
-                f"label_smoothing = {label_smoothing} (model.init_args.label_smoothing) "
-                "must be in [0, 1)"
-            )
+        check_interval(label_smoothing, "label_smoothing", 0.0, 1.0)
         check_adaptation(adaptation, layer_decay)
         # Specs are stored as plain dicts so checkpoints load with weights_only=True; a rank map
         # file is stored as its content, so the checkpoint does not depend on the file.
-        dropout_specs = as_dropout_specs(dropout, "model.init_args.dropout")
         lora_spec = as_lora_spec(lora) if adaptation == "lora" else None
         self.save_hyperparameters(ignore=["vit", "dropout", "lora"])
         self.hparams["vit"] = asdict(spec)
-        self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
         self.hparams["lora"] = None if lora_spec is None else asdict(lora_spec)
         self.model = spec.build(
             img_size=img_size, in_chans=in_chans, num_classes=num_classes, pretrained=pretrained
         )
         if encoder_ckpt is not None:
             load_encoder(self.model, encoder_ckpt)
-        apply_dropout(self.model, dropout_specs)
+        # explicit_dropout is None without a `mode: explicit` spec, else its `.rates` map the
+        # hooked fc2 names to p
+        dropout_specs, self.explicit_dropout = install_dropout(self.model, dropout)
+        self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
         setup_adaptation(self.model, adaptation, lora_spec)  # after loading: adapters wrap it
-        # None without a `mode: explicit` spec; `.rates` maps the hooked fc2 names to p
-        self.explicit_dropout = ExplicitDropoutPenalty.from_specs(self.model, dropout_specs)
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -129,6 +125,20 @@ class ImageClassifier(pl.LightningModule):
     def encoder(self):
         """The timm ViT (its head included); callbacks read features and weights from it."""
         return self.model
+
+    @property
+    def masked_autoencoder(self) -> None:
+        """A classifier has no MAE (the monitors then run the encoder unmasked)."""
+        return None
+
+    @property
+    def masking(self) -> None:
+        """A classifier masks nothing."""
+        return None
+
+    def explicit_dropout_rates(self) -> dict[nn.Module, float]:
+        """``fc2`` module -> ``p`` of every explicit dropout penalty (empty without one)."""
+        return {} if self.explicit_dropout is None else self.explicit_dropout.fc2_rates
 
     def encode(self, images: torch.Tensor) -> EncoderFeatures:
         """Unmasked features for probes and rank metrics (call in eval mode)."""

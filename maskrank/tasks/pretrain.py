@@ -12,13 +12,14 @@ from dataclasses import asdict
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from maskrank.errors import ConfigError
-from maskrank.models.dropout import DropoutSpec, as_dropout_specs
-from maskrank.models.dropout_apply import ExplicitDropoutPenalty, apply_dropout
+from maskrank.models.dropout import DropoutSpec
+from maskrank.models.dropout_apply import install_dropout
 from maskrank.models.features import EncoderFeatures
 from maskrank.models.mae import AttentionImpl, MaskedAutoencoder
-from maskrank.models.masking import Strategy, check_mask_ratio, mask_ratio_at
+from maskrank.models.masking import MaskingSpec, Strategy
 from maskrank.models.vit import ViTSpec, as_spec
 from maskrank.tasks.optim import adamw, warmup_cosine_schedule
 
@@ -33,7 +34,7 @@ def effective_batch_size(trainer: pl.Trainer) -> int:
             trainer.fit_loop.setup_data()  # what Lightning does to estimate stepping batches
         batch = getattr(trainer.train_dataloader, "batch_size", None)
     if batch is None:
-        raise ConfigError("cannot infer the batch size to scale base_lr: set model.init_args.lr")
+        raise ConfigError("cannot infer the batch size to scale base_lr: set {field}", "lr")
     return int(batch) * trainer.accumulate_grad_batches * trainer.world_size
 
 
@@ -101,21 +102,13 @@ class MAEPretraining(pl.LightningModule):
     ) -> None:
         super().__init__()
         spec = as_spec(vit)
-        check_mask_ratio(mask_ratio)
-        if mask_ratio_end is not None:
-            check_mask_ratio(mask_ratio_end, "model.init_args.mask_ratio_end")
-        if mask_ratio_range is not None:
-            low, high = mask_ratio_range
-            check_mask_ratio(low, "model.init_args.mask_ratio_range")
-            check_mask_ratio(high, "model.init_args.mask_ratio_range")
-        dropout_specs = as_dropout_specs(dropout, "model.init_args.dropout")
+        self.masking = MaskingSpec(mask_ratio, mask_ratio_range, mask_ratio_end, masking)
         self.save_hyperparameters(ignore=["vit", "dropout"])
         self.hparams["vit"] = asdict(spec)
         # The CLI links data.num_classes into every model; LightningCLI records it among the
         # given hyperparameters even though this task has no such argument. Drop it, or a
         # checkpoint could not be re-instantiated (validate/test/resume with --ckpt_path).
         self.hparams.pop("num_classes", None)
-        self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
         encoder = spec.build(img_size=img_size, in_chans=in_chans, num_classes=0)
         self.mae = MaskedAutoencoder(
             encoder,
@@ -126,9 +119,10 @@ class MAEPretraining(pl.LightningModule):
             fixed_pos_embed=fixed_pos_embed,
             attention=attention,
         )
-        apply_dropout(self.mae, dropout_specs)  # before compile: it sees the new modules
-        # None without a `mode: explicit` spec; `.rates` maps the hooked fc2 names to p
-        self.explicit_dropout = ExplicitDropoutPenalty.from_specs(self.mae, dropout_specs)
+        # before compile, so that it sees the new modules; explicit_dropout is None without a
+        # `mode: explicit` spec, else its `.rates` map the hooked fc2 names to p
+        dropout_specs, self.explicit_dropout = install_dropout(self.mae, dropout)
+        self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
         if compile:
             # In place, so parameter names (and checkpoints) stay those of the plain modules.
             for block in [*encoder.blocks, *self.mae.decoder_blocks]:
@@ -145,31 +139,33 @@ class MAEPretraining(pl.LightningModule):
         """Unmasked encoder features for probes and rank metrics (call in eval mode)."""
         return self.mae.encode(images)
 
+    @property
+    def masked_autoencoder(self) -> MaskedAutoencoder:
+        """The MAE (encoder + decoder) the monitors and the reconstruction logger run."""
+        return self.mae
+
+    def explicit_dropout_rates(self) -> dict[nn.Module, float]:
+        """``fc2`` module -> ``p`` of every explicit dropout penalty (empty without one)."""
+        return {} if self.explicit_dropout is None else self.explicit_dropout.fc2_rates
+
     def current_mask_ratio(self) -> float:
-        hp = self.hparams
         total = max(1, self.trainer.estimated_stepping_batches) if self._trainer else 1
-        return mask_ratio_at(
-            self.global_step / total,
-            hp.mask_ratio,
-            hp.mask_ratio_range,
-            hp.mask_ratio_end,
-            self._ratio_rng,
-        )
+        return self.masking.ratio_at(self.global_step / total, self._ratio_rng)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0]
         ratio = self.current_mask_ratio()
         if self.explicit_dropout is None:
-            loss = self.mae.training_loss(images, ratio, self.hparams.masking)
+            loss = self.mae.training_loss(images, ratio, self.masking.strategy)
         else:  # its fc2 hooks average over every token the full decoder sees
             self.explicit_dropout.reset()
-            loss, _, _ = self.mae(images, ratio, self.hparams.masking)
+            loss, _, _ = self.mae(images, ratio, self.masking.strategy)
         self.log("train/loss", loss, prog_bar=True)
         if self.explicit_dropout is not None:
             penalty = self.explicit_dropout.pop()  # summed over the hooked fc2s
             self.log("train/dropout_penalty", penalty)
             loss = loss + penalty
-        if self.hparams.mask_ratio_range is not None or self.hparams.mask_ratio_end is not None:
+        if self.masking.varies:
             self.log("train/mask_ratio", ratio)
         return loss
 
@@ -191,8 +187,8 @@ class MAEPretraining(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         images = batch[0]
-        ratio = self.hparams.mask_ratio_end or self.hparams.mask_ratio
-        loss, _, _ = self.mae(images, ratio, self.hparams.masking, self._val_generator)
+        ratio = self.masking.eval_ratio
+        loss, _, _ = self.mae(images, ratio, self.masking.strategy, self._val_generator)
         self.log("val/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
 
     def configure_optimizers(self):
