@@ -16,6 +16,7 @@ here and nowhere else.
 from __future__ import annotations
 
 import copy
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,6 +25,8 @@ __all__ = [
     "ConfigError",
     "CorruptFileError",
     "DatasetNotFoundError",
+    "DiskFullError",
+    "EnvironmentProblem",
     "MaskRankError",
     "MissingFileError",
     "NoCheckpointToResumeError",
@@ -96,6 +99,14 @@ class ConfigError(MaskRankError, ValueError):
         return f"{self.flag}: {self.message}"
 
 
+class EnvironmentProblem(MaskRankError, OSError):
+    """The machine cannot do what was asked: a read-only or full disk, a missing permission."""
+
+
+class DiskFullError(EnvironmentProblem):
+    """A write ran out of space; the message says whether the previous file is intact."""
+
+
 class NoCheckpointToResumeError(MissingFileError):
     """``--ckpt_path last`` was given but no earlier run of the experiment left a ``last.ckpt``."""
 
@@ -144,12 +155,29 @@ def check_interval(
     raise ConfigError(f"{{field}} = {value!r} must be {need}", field)
 
 
+_ENVIRONMENT_ERRNOS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
 def user_error_in(err: BaseException | None) -> MaskRankError | None:
-    """The MaskRankError behind ``err`` (jsonargparse and Lightning wrap errors raised inside)."""
+    """The MaskRankError behind ``err`` (jsonargparse and Lightning wrap errors raised inside).
+
+    An ``OSError`` the environment causes (a read-only or full disk, a missing permission) is
+    one too: it becomes an :class:`EnvironmentProblem` naming the path.
+    """
     seen = 0
     while err is not None and seen < 20:
         if isinstance(err, MaskRankError):
             return err
+        if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRNOS:
+            what = _ENVIRONMENT_ERRNOS[err.errno]
+            where = err.filename if err.filename is not None else "a file of this run"
+            return EnvironmentProblem(f"cannot write {where}: {what}")
         err, seen = err.__cause__ or err.__context__, seen + 1
     return None
 

@@ -9,8 +9,8 @@ import timm
 import torch
 import yaml
 
-from maskrank.cli.adapt import load_classifier
 from maskrank.cli import main
+from maskrank.cli.adapt import load_classifier
 from maskrank.io.checkpoints import encoder_state_dict
 from maskrank.models.lora import load_rank_map, lora_layers
 from maskrank.tasks import ImageClassifier

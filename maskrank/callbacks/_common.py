@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -20,7 +21,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
-from maskrank.models.observed import ObservedTask
+from maskrank.models.observed import Encodes, ObservedTask
 
 __all__ = [
     "block_index_name",
@@ -98,14 +99,20 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def observed(pl_module: pl.LightningModule, owner: str, warned: set[str]) -> ObservedTask | None:
-    """``pl_module`` as the task surface callbacks read (:class:`ObservedTask`), or None, with one
-    warning per callback, for a module that does not offer it."""
-    if isinstance(pl_module, ObservedTask):
+def observed(
+    pl_module: pl.LightningModule,
+    owner: str,
+    warned: set[str],
+    surface: type[Encodes] = ObservedTask,
+) -> Any | None:
+    """``pl_module`` as the task surface a callback reads (a Protocol of
+    :mod:`maskrank.models.observed`), or None, with one warning per callback, for a module that
+    does not offer it."""
+    if isinstance(pl_module, surface):
         return pl_module
     if "task" not in warned:
         warned.add("task")
-        rank_zero_warn(f"{owner} needs a maskrank task (encode, encoder, masking, ...); skipped.")
+        rank_zero_warn(f"{owner} needs a module with {surface.__name__}'s methods; skipped.")
     return None
 
 

@@ -44,6 +44,7 @@ from maskrank.metrics import (
     singular_values,
     spectrum_metrics,
 )
+from maskrank.models.observed import Encodes
 
 __all__ = ["RepresentationRankMonitor", "merge_shards", "shard_bounds"]
 
@@ -125,7 +126,7 @@ class RepresentationRankMonitor(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not due_after_validation(trainer, self.every_n_epochs):
             return
-        if observed(pl_module, type(self).__name__, self._warned) is None:
+        if observed(pl_module, type(self).__name__, self._warned, Encodes) is None:
             return
         images = probe_images(
             trainer, pl_module, self._size(pl_module), type(self).__name__, self._warned
@@ -143,7 +144,8 @@ class RepresentationRankMonitor(pl.Callback):
     def _size(self, pl_module: pl.LightningModule) -> int:
         if self.probe_size is not None:
             return self.probe_size
-        width = getattr(pl_module.encoder, "embed_dim", None)
+        # a maskrank task's ViT width; a bare Encodes module gets the fallback size
+        width = getattr(getattr(pl_module, "encoder", None), "embed_dim", None)
         return 10 * int(width) if width else _FALLBACK_PROBE_SIZE
 
     @torch.no_grad()

@@ -24,24 +24,48 @@ import contextlib
 import io
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 import maskrank.data  # noqa: F401  (registers the datamodules for --data NAME)
 import maskrank.tasks  # noqa: F401  (registers the tasks for --model NAME)
 from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint
 from maskrank.cli.commands import commands_help
+from maskrank.cli.machine import configure_threads, warn_ignored_root_dir
+from maskrank.errors import CorruptFileError, MaskRankError, MissingFileError
 from maskrank.io.checkpoint_io import AtomicCheckpointIO
 from maskrank.io.resume import RunConfigSaver, check_model_matches, prepare_ckpt_path
+
+ALWAYS_ON = {
+    "nan_guard": NonFiniteGuard,
+    "checkpoint": ModelCheckpoint,
+    "lr_monitor": LearningRateMonitor,
+}
 
 DEFAULT_LOGGER = {
     "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
     "init_args": {"save_dir": "runs", "name": "default"},
 }
+
+
+class TrainerSettingError(MaskRankError):
+    """A Trainer setting this machine or this Lightning cannot honour."""
+
+
+def _facility_on(key: str, trainer_config: dict[str, Any]) -> bool:
+    """Whether the always-on callback ``key`` has its Trainer facility switched on."""
+    if key == "checkpoint":
+        return trainer_config.get("enable_checkpointing") is not False
+    if key == "lr_monitor":
+        return trainer_config.get("logger") not in (False, None, [])
+    return True
 
 
 class MaskRankCLI(LightningCLI):
@@ -51,8 +75,11 @@ class MaskRankCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Always-on callbacks, configurable as --checkpoint.*, --lr_monitor.*, --nan_guard.*.
-        parser.add_lightning_class_args(NonFiniteGuard, "nan_guard")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # They are built in instantiate_trainer, each only when the Trainer facility it serves
+        # is on (--trainer.enable_checkpointing false drops the checkpoint callback, a Trainer
+        # without a logger the learning-rate monitor), so Lightning's own switches keep working.
+        for key, callback in ALWAYS_ON.items():
+            parser.add_class_arguments(callback, key, instantiate=False, sub_configs=True)
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -61,10 +88,16 @@ class MaskRankCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                "lr_monitor.logging_interval": "step",
             }
         )
-        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
-        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.add_argument(
+            "--threads",
+            type=int | None,
+            default=None,
+            help="intra-op CPU threads per process (default: the cores this process may use, "
+            "divided by the processes of this run on the machine)",
+        )
         # Values the model must agree on with the data come from the instantiated datamodule and
         # are never typed twice: a value given under model.init_args is replaced by the data's.
         for source, target in (
@@ -85,17 +118,35 @@ class MaskRankCLI(LightningCLI):
         if subcommand:
             self._ckpt = prepare_ckpt_path(self.config[subcommand], subcommand)
 
+    def _section(self, key: str) -> Any:
+        """The instantiated config entry ``key`` of the running subcommand."""
+        return self._get(self.config_init, key, default=None)
+
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        """The configured Trainer, plus atomic checkpoint writes and RNG state in checkpoints.
+        """The configured Trainer, with the always-on callbacks its switches allow, atomic
+        checkpoint writes, RNG state in checkpoints and the per-process thread count.
 
         ``AtomicCheckpointIO`` is added unless ``trainer.plugins`` already holds a CheckpointIO.
+        A Trainer setting this machine cannot honour (``--trainer.accelerator gpu`` without a
+        GPU, ...) ends the command with Lightning's explanation in one line.
         """
-        plugins = self._get(self.config_init, "trainer", default={}).get("plugins")
+        trainer_config = self._section("trainer") or {}
+        plugins = trainer_config.get("plugins")
         plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         plugins = [p for p in plugins if p is not None]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
-        trainer = super().instantiate_trainer(plugins=plugins, **kwargs)
+        callbacks = trainer_config.get("callbacks") or []
+        callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        for key, callback in ALWAYS_ON.items():
+            if _facility_on(key, trainer_config):
+                callbacks.append(callback(**self._section(key).as_dict()))
+        configure_threads(self._section("threads"), trainer_config)
+        warn_ignored_root_dir(trainer_config)
+        try:
+            trainer = super().instantiate_trainer(plugins=plugins, callbacks=callbacks, **kwargs)
+        except MisconfigurationException as err:
+            raise TrainerSettingError(f"trainer: {err}") from None
         if not any(isinstance(c, RngStateCheckpoint) for c in trainer.callbacks):
             trainer.callbacks.append(RngStateCheckpoint())
         return trainer
@@ -141,7 +192,38 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MaskRankCLI:
 
 def lightning_command(argv: list[str]) -> None:
     """``maskrank fit|validate|test|predict ...``: LightningCLI on ``argv`` (the subcommand first)."""
-    build_cli(argv)
+    check_config_files(argv)
+    with _quiet():
+        build_cli(argv)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Every ``-c``/``--config`` file exists and is YAML; else one line naming file, line, column.
+
+    jsonargparse would print its whole usage first and bury the position of a syntax error.
+    """
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            flag, value = arg, argv[i + 1]
+        elif arg.startswith("--config="):
+            flag, value = "--config", arg.split("=", 1)[1]
+        else:
+            continue
+        path = Path(value)
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise MissingFileError(f"config file {path} ({flag}) {what}")
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise CorruptFileError(
+                f"config file {path} ({flag}) is not valid YAML: {where}{problem}"
+            ) from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise CorruptFileError(f"config file {path} ({flag}) cannot be read: {err}") from None
 
 
 @contextlib.contextmanager

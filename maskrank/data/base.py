@@ -150,12 +150,19 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         """Load the splits ``stage`` needs: train + held-out for fit, held-out otherwise."""
         if stage in (None, "fit"):
             train = self._split("train")
-            if len(train) < self.batch_size:
+            # under DDP every process sees its 1/world share of the training set
+            world = self.trainer.world_size if self.trainer is not None else 1
+            if len(train) // world < self.batch_size:
                 hint = " (or raise --data.train_subset)" if self.train_subset is not None else ""
+                share = (
+                    f"the {len(train)} training images"
+                    if world == 1
+                    else f"the {len(train) // world} training images each of the {world} "
+                    f"processes gets (of {len(train)})"
+                )
                 raise ConfigError(
-                    f"--data.batch_size {self.batch_size} is larger than the {len(train)} "
-                    f"training images, so no full training batch exists; lower --data.batch_size"
-                    f"{hint}"
+                    f"--data.batch_size {self.batch_size} is larger than {share}, so no full "
+                    f"training batch exists; lower --data.batch_size{hint}"
                 )
         self._split("heldout")
 

@@ -9,6 +9,7 @@ markers, rank maps and the decoded-image cache.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import uuid
 from collections.abc import Callable
@@ -17,7 +18,9 @@ from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_torch_save", "atomic_write", "atomic_write_text"]
+from maskrank.errors import DiskFullError
+
+__all__ = ["DiskFullError", "atomic_torch_save", "atomic_write", "atomic_write_text"]
 
 
 def _temp_name(path: Path) -> Path:
@@ -70,9 +73,12 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            kept = "the previous file is intact" if path.exists() else "nothing was written"
+            raise DiskFullError(f"the disk is full while writing {path}; {kept}") from None
         raise
     _fsync_dir(path.parent)
 

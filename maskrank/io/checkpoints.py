@@ -91,12 +91,33 @@ def load_encoder(
     """
     state = encoder_state_dict(path, flag)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
+    state, own = match_pooling_norm(state, own)
     detail = state_dict_mismatch(own, state)
     if detail:
         raise ConfigError(
             f"checkpoint {path} ({flag}) does not match the model's encoder architecture: {detail}"
         )
     model.load_state_dict(state, strict=False)
+
+
+def match_pooling_norm(state: dict, own: dict) -> tuple[dict, dict]:
+    """Let an encoder pretrained with one pooling start a model with the other.
+
+    A token-pooled ViT (MAE's encoder) ends in ``norm``; a mean-pooled one (``global_pool: avg``)
+    has no ``norm`` but an ``fc_norm`` after the pooling. As MAE's own fine-tuning code does, the
+    checkpoint's final norm is dropped and the model's keeps its fresh initialisation (and the
+    same the other way round). Returns ``state`` and ``own`` without those keys.
+    """
+    for theirs, ours in (("norm.", "fc_norm."), ("fc_norm.", "norm.")):
+        if (
+            any(k.startswith(theirs) for k in state)
+            and not any(k.startswith(theirs) for k in own)
+            and any(k.startswith(ours) for k in own)
+            and not any(k.startswith(ours) for k in state)
+        ):
+            state = {k: v for k, v in state.items() if not k.startswith(theirs)}
+            own = {k: v for k, v in own.items() if not k.startswith(ours)}
+    return state, own
 
 
 def state_dict_mismatch(own: dict, state: dict) -> str:

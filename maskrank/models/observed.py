@@ -15,11 +15,20 @@ from maskrank.models.features import EncoderFeatures
 from maskrank.models.mae import MaskedAutoencoder
 from maskrank.models.masking import MaskingSpec
 
-__all__ = ["ObservedTask"]
+__all__ = ["Encodes", "ObservedTask"]
 
 
 @runtime_checkable
-class ObservedTask(Protocol):
+class Encodes(Protocol):
+    """All a representation monitor needs: unmasked features of a batch of images."""
+
+    def encode(self, images: Tensor) -> EncoderFeatures:
+        """Unmasked features of normalized ``images`` (B, C, H, W) for probes and rank metrics."""
+        ...
+
+
+@runtime_checkable
+class ObservedTask(Encodes, Protocol):
     """The surface of a task that callbacks use (``MAEPretraining``, ``ImageClassifier``)."""
 
     @property
@@ -35,10 +44,6 @@ class ObservedTask(Protocol):
     @property
     def masking(self) -> MaskingSpec | None:
         """The run's masking (its ``eval_ratio`` is the one evaluation ratio), or None."""
-        ...
-
-    def encode(self, images: Tensor) -> EncoderFeatures:
-        """Unmasked features of normalized ``images`` (B, C, H, W) for probes and rank metrics."""
         ...
 
     def explicit_dropout_rates(self) -> dict[nn.Module, float]:

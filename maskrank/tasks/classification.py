@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from maskrank.errors import ConfigError, check_interval
+from maskrank.errors import ConfigError, check_interval, flag_of
 from maskrank.io.checkpoints import load_encoder
 from maskrank.models.dropout import DropoutSpec
 from maskrank.models.dropout_apply import install_dropout
@@ -93,6 +93,19 @@ class ImageClassifier(pl.LightningModule):
             raise ConfigError(f"num_classes = {num_classes} must be >= 2 (set by the datamodule)")
         check_interval(label_smoothing, "label_smoothing", 0.0, 1.0)
         check_adaptation(adaptation, layer_decay)
+        # settings of a mode that is not selected would be silently ignored: refuse them
+        if lora is not None and adaptation != "lora":
+            raise ConfigError(
+                f"{{field}} is set but {flag_of('adaptation')} is {adaptation!r}: the adapters "
+                "are used only with adaptation: lora (set it, or drop the lora settings)",
+                "lora",
+            )
+        if layer_decay != 1.0 and adaptation != "finetune":
+            raise ConfigError(
+                f"{{field}} = {layer_decay} applies to adaptation: finetune only, but "
+                f"{flag_of('adaptation')} is {adaptation!r}",
+                "layer_decay",
+            )
         # Specs are stored as plain dicts so checkpoints load with weights_only=True; a rank map
         # file is stored as its content, so the checkpoint does not depend on the file.
         lora_spec = as_lora_spec(lora) if adaptation == "lora" else None

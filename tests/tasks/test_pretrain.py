@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -116,3 +118,26 @@ def test_unsafe_pickle_is_refused(tmp_path, tiny_spec):
     torch.save({"state_dict": Evil()}, path)
     with pytest.raises(CorruptFileError, match="evil.ckpt"):
         ImageClassifier(vit=tiny_spec, num_classes=5, img_size=32, encoder_ckpt=str(path))
+
+
+@pytest.mark.parametrize("adaptation", ["linear_probe", "finetune"])
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_mae_encoder_starts_probe_and_finetune_with_either_pooling(
+    tmp_path, tiny_spec, adaptation, pool
+):
+    mae, path = _save_pretrained(tmp_path, tiny_spec)
+    spec = ViTSpec(**{**asdict(tiny_spec), "global_pool": pool})
+    clf = ImageClassifier(
+        vit=spec, num_classes=4, img_size=32, encoder_ckpt=path, adaptation=adaptation
+    )
+    own = clf.model.state_dict()
+    for key, value in mae.encoder.state_dict().items():
+        if key.startswith("blocks.") or key.startswith("patch_embed."):
+            torch.testing.assert_close(own[key], value, rtol=0, atol=0)
+    # mean pooling: MAE's final norm is dropped and fc_norm starts fresh, as MAE's fine-tuning does
+    assert ("fc_norm.weight" in own) == (pool == "avg")
+    if pool == "avg":
+        torch.testing.assert_close(own["fc_norm.weight"], torch.ones(64))
+    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    trainer.fit(clf, DataLoader(TensorDataset(torch.randn(16, 3, 32, 32), torch.arange(16) % 4)))
+    assert torch.isfinite(clf.model(torch.randn(2, 3, 32, 32))).all()
