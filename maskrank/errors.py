@@ -161,6 +161,7 @@ _ENVIRONMENT_ERRNOS = {
     errno.EROFS: "read-only file system",
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",
+    errno.ENOENT: "no such file or directory",
 }
 
 
@@ -177,7 +178,7 @@ def user_error_in(err: BaseException | None) -> MaskRankError | None:
         if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRNOS:
             what = _ENVIRONMENT_ERRNOS[err.errno]
             where = err.filename if err.filename is not None else "a file of this run"
-            return EnvironmentProblem(f"cannot write {where}: {what}")
+            return EnvironmentProblem(f"cannot use {where}: {what}")
         err, seen = err.__cause__ or err.__context__, seen + 1
     return None
 

@@ -4,6 +4,8 @@ jsonargparse's usage message, naming the key, for argument-parsing errors). Noth
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +80,13 @@ class Files:
         path = self.root / "truncated.ckpt"
         data = whole.read_bytes()
         path.write_bytes(data[: len(data) // 2])
+        return path
+
+    def bad_yaml(self) -> Path:
+        path = self.root / "broken.yaml"
+        path.write_text(
+            "model:\n  class_path: maskrank.tasks.ImageClassifier\n  init_args: {vit: [\n"
+        )
         return path
 
     def sweep(self) -> Path:
@@ -194,11 +203,59 @@ ROWS = {
         lambda f: _fit(f.cls, "--ckpt_path", "last"),
         lambda f: ["--ckpt_path last", str(f.runs / "exp" / "version_*")],
     ),
+    "accelerator this machine does not have": Row(
+        lambda f: _fit(f.cls, "--trainer.accelerator", "gpu"),
+        lambda f: ["--trainer.accelerator gpu", "no GPU", "cpu or auto"],
+    ),
+    "run directory that cannot be created (under /proc)": Row(
+        lambda f: _fit(f.cls, "--trainer.logger", _logger("/proc/maskrank_runs")),
+        lambda f: ["/proc/maskrank_runs", "no such file or directory"],
+    ),
+    "config file with a YAML syntax error": Row(
+        lambda f: ["fit", "-c", str(f.bad_yaml())],
+        lambda f: [str(f.path("broken.yaml")), "(-c)", "not valid YAML", "line 4, column 1"],
+    ),
+    "config file missing": Row(
+        lambda f: ["fit", "-c", str(f.path("nope.yaml"))],
+        lambda f: [str(f.path("nope.yaml")), "(-c)", "does not exist"],
+    ),
+    "LoRA settings without adaptation: lora": Row(
+        lambda f: _fit(f.cls, "--model.init_args.lora", "{r: 4}"),
+        lambda f: ["model.init_args.lora", "model.init_args.adaptation", "'finetune'"],
+    ),
+    "layer decay outside a fine-tune": Row(
+        lambda f: _fit(
+            f.cls,
+            "--model.init_args.adaptation",
+            "linear_probe",
+            "--model.init_args.layer_decay",
+            0.75,
+        ),
+        lambda f: ["model.init_args.layer_decay", "'linear_probe'"],
+    ),
+    "mask-ratio range given high-to-low": Row(
+        lambda f: _fit(f.mae, "--model.init_args.mask_ratio_range", "[0.9, 0.5]"),
+        lambda f: ["model.init_args.mask_ratio_range", "high-to-low"],
+    ),
+    "a directory given as the checkpoint to export": Row(
+        lambda f: ["export", str(f.root), "--out", str(f.path("exported"))],
+        lambda f: [str(f.root), "is a directory", "no .ckpt file inside"],
+    ),
     "sweep grid over a missing key": Row(
         lambda f: ["sweep", str(f.sweep()), "--dry-run"],
         lambda f: ["sweep.yaml", "model.init_args.vit.no_such_key", "not accepted"],
     ),
 }
+
+
+def _logger(save_dir: str) -> str:
+    return yaml.safe_dump(
+        {
+            "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": save_dir},
+        },
+        default_flow_style=True,
+    ).strip()
 
 
 def _write(path: Path, data: bytes) -> str:
@@ -208,7 +265,9 @@ def _write(path: Path, data: bytes) -> str:
 
 @pytest.mark.parametrize("row", ROWS.values(), ids=ROWS.keys())
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_bad_input_is_one_clear_line(row: Row, tmp_path, capsys, monkeypatch):
+def test_bad_input_is_one_clear_line(row: Row, tmp_path, capsys, monkeypatch, request):
+    if "accelerator" in request.node.callspec.id and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     monkeypatch.chdir(tmp_path)  # sweeps and data caches write relative to the working directory
     files = Files(tmp_path)
     argv = row.argv(files)
@@ -239,3 +298,49 @@ def test_lora_target_matching_no_module(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("maskrank: error:")
     assert "'no_such_layer'" in err[0] and "model.init_args.lora.targets" in err[0]
+
+
+@pytest.mark.parametrize(
+    "code, words", [(errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied")]
+)
+def test_a_run_directory_that_cannot_be_written_is_one_line(
+    tmp_path, capsys, monkeypatch, code, words
+):
+    # a read-only or forbidden run directory (root ignores permission bits, so the OS refuses here)
+    cfg = write_config(tmp_path / "cls.yaml", tmp_path / "runs", _classifier())
+    real = os.makedirs
+
+    def refuse(name, *args, **kwargs):
+        if str(tmp_path / "runs") in str(name):
+            raise OSError(code, os.strerror(code), str(name))
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", refuse)
+    with pytest.raises(SystemExit) as exit_:
+        main(_fit(cfg))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("maskrank: error:"), err
+    assert str(tmp_path / "runs") in err[0] and words in err[0]
+
+
+def test_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    cfg = write_config(tmp_path / "cls.yaml", tmp_path / "runs", _classifier(), max_epochs=2)
+    main(_fit(cfg, "--trainer.max_epochs", 1))  # a first run leaves version_0/last.ckpt
+    last = tmp_path / "runs" / "exp" / "version_0" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    real_save = torch.save
+
+    def full(obj, handle, *args, **kwargs):
+        if getattr(handle, "name", "").endswith(".tmp") and "last.ckpt" in handle.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, handle, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(SystemExit) as exit_:
+        main(_fit(cfg, "--ckpt_path", "last"))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("maskrank: error:"), err
+    assert str(last) in err[0] and "disk is full" in err[0] and "previous file is intact" in err[0]
+    assert last.read_bytes() == before

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import maskrank
 from maskrank.cli import main
 from maskrank.cli.lightning import build_cli
 from tests_helpers import TINY_DATA, TINY_VIT, event_tags
@@ -139,3 +140,82 @@ def test_pretrain_checkpoint_validates_and_resumes(tmp_path):
     assert "val/loss" in cli.trainer.callback_metrics
     cli = build_cli(["fit", "-c", cfg, "--ckpt_path", str(last), "--trainer.max_epochs", "2"])
     assert cli.trainer.current_epoch == 2
+
+
+def test_help_lists_every_command_and_version_answers(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    usage = out.splitlines()[0]
+    for command in ("fit", "validate", "test", "predict", "sweep", "report", "lora-rank", "export"):
+        assert command in usage and f"\n  {command} " in out
+    main(["--version"])
+    assert capsys.readouterr().out.strip() == f"maskrank {maskrank.__version__}"
+
+
+def test_help_does_not_import_torch():
+    code = (
+        "import sys; from maskrank.cli import main; main(['--help']); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("False")
+
+
+@pytest.mark.parametrize(
+    "switch",
+    [
+        ["--trainer.logger", "false"],
+        ["--trainer.enable_checkpointing", "false"],
+        ["--trainer.enable_progress_bar", "false"],
+        ["--trainer.enable_model_summary", "false"],
+    ],
+)
+def test_lightning_switches_turn_facilities_off(tmp_path, monkeypatch, switch):
+    monkeypatch.chdir(tmp_path)  # without a logger, Lightning writes under the working directory
+    config = _config(tmp_path, _classifier(), max_steps=2, limit_val_batches=1)
+    main(["fit", "-c", str(config), *switch])
+    ckpts = list(tmp_path.rglob("*.ckpt"))
+    if switch[0] == "--trainer.enable_checkpointing":
+        assert not ckpts
+    else:
+        assert ckpts
+    if switch[0] == "--trainer.logger":
+        assert not list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_a_fit_that_fails_before_its_first_step_leaves_no_run_directory(tmp_path, capsys):
+    data = {**TINY_DATA, "init_args": {**TINY_DATA["init_args"], "batch_size": 1000}}
+    config = _config(tmp_path, _classifier())
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"] = data
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(config)])
+    assert "batch_size 1000" in capsys.readouterr().err
+    assert not list((tmp_path / "runs" / "exp").glob("version_*"))
+    main(["fit", "-c", str(_config(tmp_path, _classifier()))])  # the next good run is version_0
+    assert (tmp_path / "runs" / "exp" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_encoder_ckpt_last_names_the_newest_run_of_an_experiment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    mae = {
+        "class_path": "maskrank.tasks.MAEPretraining",
+        "init_args": {"vit": TINY_VIT, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
+    }
+    config = _config(tmp_path, mae, max_steps=1, limit_val_batches=0)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["trainer"]["logger"]["init_args"] = {"save_dir": "runs", "name": "stage1"}
+    config.write_text(yaml.safe_dump(cfg))
+    main(["fit", "-c", str(config)])
+    main(["fit", "-c", str(config)])  # version_1 is the newest
+    cli = build_cli(
+        [
+            "-c",
+            str(_config(tmp_path, _classifier())),
+            "--model.init_args.encoder_ckpt",
+            "last:stage1",
+        ],
+        run=False,
+    )
+    newest = tmp_path / "runs" / "stage1" / "version_1" / "checkpoints" / "last.ckpt"
+    assert Path(cli.model.hparams.encoder_ckpt).resolve() == newest.resolve()

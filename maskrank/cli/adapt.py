@@ -1,9 +1,10 @@
 """``maskrank lora-rank`` and ``maskrank export``: what to do with an adaptation checkpoint.
 
-    maskrank lora-rank runs/finetune/version_0/checkpoints/last.ckpt --out rank_map.yaml
+    maskrank lora-rank last:finetune_cifar10 --out rank_map.yaml
     maskrank fit -c configs/adapt/lora_cifar10.yaml --model.init_args.lora.rank_pattern rank_map.yaml
-    maskrank export runs/lora/version_0/checkpoints/last.ckpt --out exported/
+    maskrank export last:lora_cifar10 --out exported/
 
+``CKPT`` is a checkpoint file or ``last:<experiment>`` (the newest run's ``last.ckpt``).
 ``lora-rank`` reads a full fine-tune (``ΔW = W - W₀``, with ``W₀`` the encoder it started from) or a
 LoRA run (``ΔW = (α/r) B A``), prints each module's spectrum summary (energy ranks at 0.9 and 0.99,
 effective and stable rank, ``‖ΔW‖_F / ‖W₀‖_F``) and writes the energy rank at ``--energy`` as a
@@ -20,7 +21,12 @@ from pathlib import Path
 import torch
 
 from maskrank.errors import ConfigError
-from maskrank.io.checkpoints import encoder_state_dict, load_checkpoint, state_dict_mismatch
+from maskrank.io.checkpoints import (
+    encoder_state_dict,
+    load_checkpoint,
+    resolve_checkpoint,
+    state_dict_mismatch,
+)
 from maskrank.metrics import energy_rank_key, singular_values, spectrum_metrics
 from maskrank.models.lora import (
     DEFAULT_TARGETS,
@@ -38,6 +44,8 @@ __all__ = ["export_command", "load_classifier", "lora_rank_command", "update_del
 
 def load_classifier(path: str | Path, flag: str = "CKPT") -> ImageClassifier:
     """Rebuild the :class:`ImageClassifier` of a checkpoint (no file it was built from is read)."""
+    path = resolve_checkpoint(path, flag)
+    path = resolve_checkpoint(path, flag)
     ckpt = load_checkpoint(path, flag)
     hparams, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
     if not isinstance(hparams, dict) or not isinstance(state, dict):

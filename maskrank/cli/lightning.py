@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -42,6 +43,7 @@ from maskrank.cli.machine import configure_threads, warn_ignored_root_dir
 from maskrank.errors import CorruptFileError, MaskRankError, MissingFileError
 from maskrank.io.checkpoint_io import AtomicCheckpointIO
 from maskrank.io.resume import RunConfigSaver, check_model_matches, prepare_ckpt_path
+from maskrank.io.run_dir import FailedRunCleanup
 
 ALWAYS_ON = {
     "nan_guard": NonFiniteGuard,
@@ -141,6 +143,13 @@ class MaskRankCLI(LightningCLI):
         for key, callback in ALWAYS_ON.items():
             if _facility_on(key, trainer_config):
                 callbacks.append(callback(**self._section(key).as_dict()))
+        accelerator = str(trainer_config.get("accelerator", "auto"))
+        if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise TrainerSettingError(
+                f"--trainer.accelerator {accelerator}: this machine has no GPU that torch can use "
+                f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
+                "use --trainer.accelerator cpu or auto"
+            )
         configure_threads(self._section("threads"), trainer_config)
         warn_ignored_root_dir(trainer_config)
         try:
@@ -149,6 +158,8 @@ class MaskRankCLI(LightningCLI):
             raise TrainerSettingError(f"trainer: {err}") from None
         if not any(isinstance(c, RngStateCheckpoint) for c in trainer.callbacks):
             trainer.callbacks.append(RngStateCheckpoint())
+        if trainer.loggers and trainer.log_dir is not None:
+            trainer.callbacks.append(FailedRunCleanup(trainer.log_dir))
         return trainer
 
     def _check_ckpt_fits_model(self) -> None:

@@ -27,6 +27,12 @@ def load_checkpoint(path: str | Path, flag: str = "--ckpt_path", mmap: bool = Fa
     check of a file that Lightning reads again anyway.
     """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.relative_to(path).as_posix() for p in path.rglob("*.ckpt"))
+        inside = f"checkpoints inside: {', '.join(found[:3])}" if found else "no .ckpt file inside"
+        raise MissingFileError(
+            f"checkpoint {path} ({flag}) is a directory, not a checkpoint file ({inside})"
+        )
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} ({flag}) does not exist")
     try:
@@ -59,12 +65,48 @@ def _why_unreadable(err: Exception) -> str:
     return f"not a torch checkpoint ({type(err).__name__})"
 
 
+LAST_PREFIX = "last:"
+RUNS_ROOT = Path("runs")  # where the default logger writes (the CLI's save_dir)
+
+
+def newest_last_checkpoint(experiment: str | Path) -> Path | None:
+    """``last.ckpt`` of the highest ``version_N`` of an experiment directory that has one."""
+    found = []
+    for run in Path(experiment).glob("version_*"):
+        number = run.name.removeprefix("version_")
+        if number.isdigit() and (run / "checkpoints" / "last.ckpt").is_file():
+            found.append((int(number), run / "checkpoints" / "last.ckpt"))
+    return max(found)[1] if found else None
+
+
+def resolve_checkpoint(path: str | Path, flag: str) -> Path:
+    """``last:<experiment>`` -> the newest ``runs/<experiment>/version_N/checkpoints/last.ckpt``
+    (``last:<dir>`` with a slash: that experiment directory); any other path as it is.
+
+    So a config can name the stage-1 run it continues from without hard-coding its version.
+    """
+    text = str(path)
+    if not text.startswith(LAST_PREFIX):
+        return Path(text)
+    name = text[len(LAST_PREFIX) :]
+    experiment = Path(name) if "/" in name else RUNS_ROOT / name
+    found = newest_last_checkpoint(experiment)
+    if found is None:
+        raise MissingFileError(
+            f"{text} ({flag}): no {experiment}/version_*/checkpoints/last.ckpt; "
+            f"runs there: {sorted(p.name for p in experiment.glob('version_*')) or 'none'}"
+        )
+    return found
+
+
 def encoder_state_dict(path: str | Path, flag: str = "model.init_args.encoder_ckpt") -> dict:
     """The timm-format encoder weights of a checkpoint, keyed as in a timm ``VisionTransformer``.
 
     Accepts a maskrank MAE pretraining checkpoint (``mae.encoder.*``), a maskrank classifier
-    checkpoint (``model.*``, the head is dropped) or a plain timm ``state_dict``.
+    checkpoint (``model.*``, the head is dropped) or a plain timm ``state_dict``; ``path`` may be
+    ``last:<experiment>`` (:func:`resolve_checkpoint`).
     """
+    path = resolve_checkpoint(path, flag)
     ckpt = load_checkpoint(path, flag)
     state = ckpt.get("state_dict", ckpt)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -89,6 +131,7 @@ def load_encoder(
     Raises ConfigError naming the file when a weight is missing, unexpected or of another shape
     (an architecture mismatch), so a wrong checkpoint never half-loads.
     """
+    path = resolve_checkpoint(path, flag)
     state = encoder_state_dict(path, flag)
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("head.")}
     state, own = match_pooling_norm(state, own)

@@ -179,9 +179,13 @@ def check_model_matches(model: Any, ckpt: dict, path: str) -> None:
 class RunConfigSaver(SaveConfigCallback):
     """Lightning's config saver, except that a fit resumed into its own run directory keeps the
     run's ``config.yaml`` and saves the resuming command's config as ``config.resume-K.yaml``
-    (Lightning would refuse to overwrite it and abort)."""
+    (Lightning would refuse to overwrite it and abort). Without a logger there is no run
+    directory, and nothing is saved (Lightning would write ``config.yaml`` into the working
+    directory and refuse the next run)."""
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if not trainer.loggers:
+            return  # no run directory to keep it in (--trainer.logger false)
         if not self.already_saved and self.config.get("ckpt_path") and trainer.log_dir:
             run = Path(trainer.log_dir)
             if (run / self.config_filename).exists():

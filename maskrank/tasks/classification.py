@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from maskrank.errors import ConfigError, check_interval, flag_of
-from maskrank.io.checkpoints import load_encoder
+from maskrank.io.checkpoints import load_encoder, resolve_checkpoint
 from maskrank.models.dropout import DropoutSpec
 from maskrank.models.dropout_apply import install_dropout
 from maskrank.models.features import EncoderFeatures, encoder_features
@@ -48,6 +48,8 @@ class ImageClassifier(pl.LightningModule):
         fused_adamw: use torch's fused AdamW kernel (None: fused on CPU and CUDA).
         encoder_ckpt: start from the encoder of this checkpoint (an MAE pretraining or classifier
             checkpoint, or a timm ViT state_dict); the head stays freshly initialised.
+            ``last:<experiment>`` names the newest ``runs/<experiment>/version_N/checkpoints/
+            last.ckpt``; the resolved path is what the checkpoint records.
         pretrained: start from timm's pretrained weights for ``vit.preset`` (a timm name such as
             ``vit_small_patch16_224.augreg_in21k``; needs the network once, then timm's cache).
         adaptation: ``finetune`` (every weight trains), ``linear_probe`` (frozen encoder in eval
@@ -109,7 +111,10 @@ class ImageClassifier(pl.LightningModule):
         # Specs are stored as plain dicts so checkpoints load with weights_only=True; a rank map
         # file is stored as its content, so the checkpoint does not depend on the file.
         lora_spec = as_lora_spec(lora) if adaptation == "lora" else None
+        if encoder_ckpt is not None:
+            encoder_ckpt = str(resolve_checkpoint(encoder_ckpt, flag_of("encoder_ckpt")))
         self.save_hyperparameters(ignore=["vit", "dropout", "lora"])
+        self.hparams["encoder_ckpt"] = encoder_ckpt  # resolved: lora-rank reads this file later
         self.hparams["vit"] = asdict(spec)
         self.hparams["lora"] = None if lora_spec is None else asdict(lora_spec)
         self.model = spec.build(
