@@ -1,7 +1,7 @@
 """Decode one encoded image straight to a square uint8 crop, decoding no more than the crop needs.
 
 :func:`decode_crop` is a pure function of (encoded bytes or a file path, a
-:class:`~maskrank.data.crops.CropSpec`, a ``numpy`` generator): it reads the image's size from its
+:class:`~maskrank.data.crops.CropSpec`, a ``random.Random`` generator): it reads the image's size from its
 header, draws the crop box there (:func:`~maskrank.data.crops.draw_crop`), decodes, and resamples
 the box to ``size x size``. :func:`decode_box` does the same for a given box. Both return
 ``(C, size, size)`` uint8 tensors. Any source of encoded images (files, shards, byte streams) can
@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import random
 from collections.abc import Callable
 
 import numpy as np
@@ -114,8 +115,11 @@ class _Decoder:
 
 def _resample(pixels: np.ndarray, box: CropBox, size: int, flip: bool) -> Tensor:
     """``box`` of ``(H, W, C)`` pixels as a ``(C, size, size)`` uint8 tensor, bicubic."""
-    region = pixels[box.top : box.top + box.height, box.left : box.left + box.width]
-    image = torch.from_numpy(region).permute(2, 0, 1).unsqueeze(0)  # (1, C, h, w), a view
+    # a contiguous (h, w, C) copy is a channels-last (1, C, h, w) tensor: torch's fast uint8 path
+    region = np.ascontiguousarray(
+        pixels[box.top : box.top + box.height, box.left : box.left + box.width]
+    )
+    image = torch.from_numpy(region).permute(2, 0, 1).unsqueeze(0)  # (1, C, h, w)
     if (box.height, box.width) != (size, size):
         image = F.interpolate(image, size=(size, size), mode="bicubic", antialias=True)
     out = image[0]  # (C, size, size)
@@ -148,7 +152,7 @@ def _decode(
 def decode_crop(
     source: Source,
     spec: CropSpec,
-    rng: np.random.Generator | None,
+    rng: random.Random | None,
     in_chans: int = 3,
     reduce: bool = True,
 ) -> tuple[Tensor, CropBox, bool]:
