@@ -139,79 +139,59 @@ def summary(values: list[float]) -> str:
     return f"{statistics.median(values):8.1f}  [{min(values):.1f}, {max(values):.1f}]"
 
 
-def time_per_call(fn: Callable[[], object], repeats: int) -> float:
-    """Median milliseconds of ``fn()`` over ``repeats`` calls (after one warm-up call)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+def decoder_table(files: list[Path], rounds: int) -> list[tuple[str, float]]:
+    """Median ms per image to decode a whole 500 x 375 JPEG, or resample one box, per library.
 
-
-def decoder_table(files: list[Path], repeats: int) -> list[tuple[str, float]]:
-    """Median ms to decode one whole 500 x 375 JPEG (or resample one box) per library."""
+    Candidates alternate within every round (so they meet the same machine load); median over
+    rounds of each round's mean over ``files``.
+    """
     blobs = [f.read_bytes() for f in files]
-    rows: list[tuple[str, Callable[[bytes], object]]] = [
-        ("PIL (Image.open + convert RGB)", lambda b: Image.open(io.BytesIO(b)).convert("RGB")),
-    ]
+    calls: dict[str, Callable[[bytes], object]] = {
+        "PIL (Image.open + convert RGB)": lambda b: Image.open(io.BytesIO(b)).convert("RGB"),
+    }
     try:
         import simplejpeg
 
-        rows.append(("simplejpeg.decode_jpeg", simplejpeg.decode_jpeg))
-        rows.append(
-            (
-                "simplejpeg fastdct+fastupsample",
-                lambda b: simplejpeg.decode_jpeg(b, fastdct=True, fastupsample=True),
-            )
+        calls["simplejpeg.decode_jpeg"] = simplejpeg.decode_jpeg
+        calls["simplejpeg fastdct+fastupsample"] = lambda b: simplejpeg.decode_jpeg(
+            b, fastdct=True, fastupsample=True
         )
     except ImportError:
         pass
     from torchvision.io import decode_jpeg
 
-    rows.append(
-        (
-            "torchvision.io.decode_jpeg (CPU)",
-            lambda b: decode_jpeg(torch.frombuffer(b, dtype=torch.uint8)),
-        )
+    calls["torchvision.io.decode_jpeg (CPU)"] = lambda b: decode_jpeg(
+        torch.frombuffer(bytearray(b), dtype=torch.uint8)
     )
     try:
         import turbojpeg
 
         jpeg = turbojpeg.TurboJPEG()
-        rows.append(
-            ("PyTurboJPEG decode", lambda b: jpeg.decode(b, pixel_format=turbojpeg.TJPF_RGB))
-        )
+        calls["PyTurboJPEG decode"] = lambda b: jpeg.decode(b, pixel_format=turbojpeg.TJPF_RGB)
     except Exception:  # not installed, or no system libturbojpeg
         pass
-    table = []
-    for name, decode in rows:
-        table.append(
-            (name, time_per_call(lambda d=decode: [d(b) for b in blobs], repeats) / len(blobs))
-        )
-    pixels = np.array(Image.open(io.BytesIO(blobs[0])).convert("RGB"))  # (375, 500, 3)
-    box = (40, 20, 340, 320)  # a 300 x 300 box, the median training crop's size here
-    image = Image.fromarray(pixels)
-    table.append(
-        (
-            "resample 300->224: PIL crop + resize bicubic",
-            time_per_call(
-                lambda: image.crop(box).resize((SIZE, SIZE), Image.Resampling.BICUBIC), 20 * repeats
-            ),
-        )
+    # a 300 x 300 box (about the median training crop here) of each image, to 224 x 224
+    box = (40, 20, 340, 320)
+    decoded = [np.array(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs]
+    pil_images = {id(b): Image.fromarray(d) for b, d in zip(blobs, decoded, strict=True)}
+    regions = {
+        id(b): torch.from_numpy(np.ascontiguousarray(d[20:320, 40:340])).permute(2, 0, 1)[None]
+        for b, d in zip(blobs, decoded, strict=True)
+    }
+    calls["resample 300->224: PIL crop + resize bicubic"] = lambda b: (
+        pil_images[id(b)].crop(box).resize((SIZE, SIZE), Image.Resampling.BICUBIC)
     )
-    region = torch.from_numpy(pixels[20:320, 40:340]).permute(2, 0, 1).unsqueeze(0)
-    table.append(
-        (
-            "resample 300->224: torch uint8 bicubic AA",
-            time_per_call(
-                lambda: F.interpolate(region, size=(SIZE, SIZE), mode="bicubic", antialias=True),
-                20 * repeats,
-            ),
-        )
+    calls["resample 300->224: torch uint8 bicubic AA"] = lambda b: F.interpolate(
+        regions[id(b)], size=(SIZE, SIZE), mode="bicubic", antialias=True
     )
-    return table
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for b in blobs:
+                call(b)
+            times[name].append(1000 * (time.perf_counter() - start) / len(blobs))
+    return [(name, statistics.median(values)) for name, values in times.items()]
 
 
 def box_statistics(draws: int = 4000) -> dict[str, tuple[float, ...]]:
