@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import shutil
 import statistics
 import tempfile
 import time
@@ -67,7 +68,8 @@ def natural_images() -> list[np.ndarray]:
 
 
 def make_jpeg_folder(root: Path, count: int, seed: int = 0) -> Path:
-    """``root/train/c<k>/<i>.jpg``: ``count`` 500 x 375 quality-90 JPEGs of natural images."""
+    """``root/train/c<k>/<i>.jpg``: ``count`` 500 x 375 quality-90 JPEGs of natural images
+    (and one copy per class in ``root/val``)."""
     rng = np.random.default_rng(seed)
     sources = natural_images()
     for i in range(count):
@@ -82,9 +84,9 @@ def make_jpeg_folder(root: Path, count: int, seed: int = 0) -> Path:
         folder = root / "train" / f"c{i % 4}"
         folder.mkdir(parents=True, exist_ok=True)
         image.crop((left, top, left + 500, top + 375)).save(folder / f"{i}.jpg", quality=90)
-    (root / "val").mkdir(exist_ok=True)
-    for k in range(4):
-        (root / "val" / f"c{k}").mkdir(exist_ok=True)
+    for k in range(min(4, count)):  # a held-out split (the datamodule requires one)
+        (root / "val" / f"c{k}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(root / "train" / f"c{k}" / f"{k}.jpg", root / "val" / f"c{k}" / "0.jpg")
     return root
 
 

@@ -5,4 +5,10 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
-exec "${PYTHON:-python}" "${repo}/scripts/gpu_check.py" "$@"
+python="${PYTHON:-python}"
+# torch alone answers quickly; the check itself imports the whole bench stack
+if ! "${python}" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)"; then
+  echo "no GPU: scripts/gpu_check.sh measures GPU figures only; nothing to do"
+  exit 0
+fi
+exec "${python}" "${repo}/scripts/gpu_check.py" "$@"
