@@ -42,9 +42,12 @@ import bench_callbacks  # noqa: E402
 import bench_data  # noqa: E402
 import bench_pretrain  # noqa: E402
 
+from maskrank.callbacks import RepresentationRankMonitor  # noqa: E402
+from maskrank.data import SyntheticLowRank  # noqa: E402
 from maskrank.data.base import available_cores  # noqa: E402
 from maskrank.models.mae import MaskedAutoencoder  # noqa: E402
 from maskrank.models.vit import ViTSpec  # noqa: E402
+from maskrank.tasks import MAEPretraining  # noqa: E402
 from maskrank.tasks.optim import adamw  # noqa: E402
 
 # Nominal dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, from vendor data sheets.
@@ -140,7 +143,8 @@ def mae_rows(cfg: SimpleNamespace, device: torch.device) -> list[Row]:
                 return model.training_loss(x, 0.75, "random", generator=generator)
 
         arm = bench_pretrain.Arm("mae", model, adamw(model, 1e-4, 0.05, (0.9, 0.95)), call)
-        flops = bench_pretrain.step_flops(arm, images)
+        if not compiled:  # the same math compiled; the FLOP counter needs the eager modules
+            flops = bench_pretrain.step_flops(arm, images)
         seconds = timed_steps(lambda arm=arm: arm.step(images, 0), device, cfg.warmup, cfg.steps)
         rate = flops / seconds
         mfu = f"MFU {100 * rate / peak:.1f}% of nominal" if peak else "no nominal peak known"
@@ -220,12 +224,12 @@ def callback_rows(cfg: SimpleNamespace, device: torch.device, smoke: bool) -> li
         steps=cfg.cb_steps,
     )
     torch.manual_seed(0)
-    model = bench_callbacks.MAEPretraining(
+    model = MAEPretraining(
         vit=ViTSpec(preset="vit_tiny_32"), img_size=32, decoder_dim=128, decoder_depth=4,
         decoder_heads=4, mask_ratio=0.75,
     )  # fmt: skip
-    probe = 64 if smoke else bench_callbacks.RepresentationRankMonitor()._size(model)
-    data = bench_callbacks.SyntheticLowRank(
+    probe = 64 if smoke else RepresentationRankMonitor()._size(model)
+    data = SyntheticLowRank(
         num_classes=10, class_rank=4, train_size=cfg.cb_batch * (cfg.cb_steps + 2),
         val_size=probe, batch_size=cfg.cb_batch,
     )  # fmt: skip
