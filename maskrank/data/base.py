@@ -17,12 +17,14 @@ the CLI can link them into the model before ``setup``. Everything else lives her
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -37,12 +39,19 @@ from maskrank.data.order import (
 from maskrank.data.pairs import PairDataset, keep_batch
 from maskrank.errors import ConfigError
 
-__all__ = ["InMemoryImageDataModule", "Split"]
+__all__ = ["InMemoryImageDataModule", "Split", "available_cores"]
 
 Split = Literal["train", "heldout"]
 
 # Offset added to ``seed`` for the probe subset, so it is not tied to the train-subset shuffle.
 _PROBE_SEED_OFFSET = 7919
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
@@ -89,6 +98,12 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         super().__init__()
         require(batch_size >= 1, "batch_size", ">= 1", batch_size)
         require(num_workers >= 0, "num_workers", ">= 0", num_workers)
+        cores = available_cores()
+        if num_workers > cores:
+            rank_zero_warn(
+                f"--data.num_workers {num_workers} is more than the {cores} CPU cores available "
+                f"to this process; workers will compete for them (use at most {cores})"
+            )
         crop_scale = tuple(float(s) for s in crop_scale)  # type: ignore[assignment]
         require(
             len(crop_scale) == 2 and 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0,

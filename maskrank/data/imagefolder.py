@@ -9,29 +9,38 @@ Class folders are indexed with torchvision's public ``find_classes`` / ``make_da
 With ``in_memory=True`` every image is decoded once (shorter side resized to ``image_size``, centre
 crop) into a uint8 tensor; the result is cached under ``cache_dir`` (never inside ``root``, which may
 be read-only), keyed by the root, split, geometry and every file's size and mtime, so later runs
-load it with one ``torch.load``. With ``in_memory=False`` images are decoded per batch in DataLoader
-workers. Either way batches are ``(uint8 (B, C, S, S), int64 (B,))`` and augmentation runs batched
-on the device. Under DDP every rank decodes (or loads the cache) in ``setup``; the cache write is
-atomic, so concurrent ranks do not corrupt it.
+load it with one ``torch.load``, and augmentation runs batched on the device. Under DDP every rank
+decodes (or loads the cache) in ``setup``; the cache write is atomic, so concurrent ranks do not
+corrupt it.
+
+With ``in_memory=False`` (data too large for memory, e.g. ImageNet) the ImageNet recipe runs in the
+DataLoader workers (:mod:`maskrank.data.file_crops`): a training image is a random resized crop of
+the *original* file (area ``crop_scale``, ratio (3/4, 4/3), bicubic) plus a flip, drawn from
+``(seed, epoch, index)``; a held-out image is its centre crop after resizing the shorter side to
+``image_size / crop_pct``. Either way batches are ``(uint8 (B, C, S, S), int64 (B,))``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Literal
 
 from pytorch_lightning.utilities import rank_zero_warn
+from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+from maskrank.data.augment import to_float
 from maskrank.data.base import InMemoryImageDataModule, Split
+from maskrank.data.crops import CropSpec
+from maskrank.data.file_crops import CroppedImageFiles
 from maskrank.data.image_files import (
-    ImageFiles,
     cache_key,
     decode_all,
     load_cache,
     save_cache,
 )
 from maskrank.data.messages import require
+from maskrank.data.order import shuffle_seed
 from maskrank.data.pairs import PairDataset, TensorPairs
 from maskrank.errors import DatasetNotFoundError
 
@@ -47,7 +56,9 @@ class ImageFolderDataModule(InMemoryImageDataModule):
 
     Also accepts the common arguments of :class:`~maskrank.data.base.InMemoryImageDataModule`
     (``batch_size``, ``num_workers``, ``augment``, ``crop_scale``, ``hflip``, ``train_subset``,
-    ``seed``); ``num_workers`` also sets the worker processes that decode images.
+    ``seed``); ``num_workers`` also sets the worker processes that decode images. With
+    ``in_memory=False``, ``augment``, ``crop_scale`` and ``hflip`` act in those workers on the
+    original files, and only normalization runs on the device.
 
     Attributes:
         classes: class folder names, sorted; the label of ``classes[i]`` is ``i``.
@@ -60,8 +71,14 @@ class ImageFolderDataModule(InMemoryImageDataModule):
             3 channels and 0.5 for 1.
         std: per-channel normalization std (0..1 scale); ``None`` uses the ImageNet std for
             3 channels and 0.5 for 1.
-        in_memory: decode every image once into memory (cached); ``False`` decodes per batch.
+        in_memory: decode every image once into memory (cached); ``False`` decodes and crops
+            each file per batch in the DataLoader workers (the ImageNet recipe).
         cache_dir: folder for the decoded-image cache of ``in_memory``; ``None`` disables it.
+        crop_pct: with ``in_memory=False``, held-out images are resized so their shorter side is
+            ``image_size / crop_pct``, then centre-cropped; in ``(0, 1]``.
+        on_bad_image: with ``in_memory=False``, what an unreadable file does mid-epoch: ``stop``
+            the run with an error naming it, or ``skip`` it (left out of its batch, a warning
+            names it, and the TensorBoard scalar ``data/skipped_images`` counts them).
     """
 
     def __init__(
@@ -73,11 +90,18 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         std: tuple[float, ...] | None = None,
         in_memory: bool = True,
         cache_dir: str | None = "data/cache",
+        crop_pct: float = 0.875,
+        on_bad_image: Literal["stop", "skip"] = "stop",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         require(in_chans in (1, 3), "in_chans", "1 (grey) or 3 (RGB)", in_chans)
         require(image_size >= 1, "image_size", ">= 1", image_size)
+        require(0.0 < crop_pct <= 1.0, "crop_pct", "in (0, 1]", crop_pct)
+        require(on_bad_image in ("stop", "skip"), "on_bad_image", "'stop' or 'skip'", on_bad_image)
+        self.crop_pct = float(crop_pct)
+        self.on_bad_image = on_bad_image
+        self._skipped_logged = 0
         self.root = root
         self.in_memory = in_memory
         self.cache_dir = cache_dir
@@ -152,7 +176,15 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         """Decode (or load from the cache) ``split``; or index its files when not in memory."""
         samples = self._samples(split)
         if not self.in_memory:
-            return ImageFiles(samples, self.image_size, self.in_chans)
+            spec = CropSpec(
+                size=self.image_size,
+                train=split == "train" and self.augment,
+                scale=self.crop_scale,
+                hflip=self.hflip,
+                crop_pct=self.crop_pct,
+            )
+            skip = self.on_bad_image == "skip"
+            return CroppedImageFiles(samples, spec, self.in_chans, shuffle_seed(self.seed), skip)
         cache_path = self._cache_path(split, samples)
         shape = (self.in_chans, self.image_size, self.image_size)
         cached = load_cache(cache_path, len(samples), shape) if cache_path else None
@@ -162,3 +194,28 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         if cache_path is not None:
             save_cache(cache_path, images, labels)
         return TensorPairs(images, labels)
+
+    # ---------------------------------------------------------------- file-backed crops
+    def train_dataloader(self) -> Any:
+        """Shuffled training batches; file crops are seeded by the run's seed (as the order is)."""
+        data = self._split("train")
+        if isinstance(data, CroppedImageFiles):
+            data.seed = shuffle_seed(self.seed)
+        return super().train_dataloader()
+
+    def preprocess(self, images_uint8: Tensor, train: bool) -> Tensor:
+        """Normalize; augment on the device only in memory (file crops are augmented already)."""
+        if self.in_memory:
+            return super().preprocess(images_uint8, train)
+        return to_float(images_uint8, self.mean, self.std)  # (B, C, S, S) float32
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Log ``data/skipped_images`` when the count of skipped files grew, then preprocess."""
+        skipped = sum(
+            data.skipped for data in self._splits.values() if isinstance(data, CroppedImageFiles)
+        )
+        trainer = self.trainer
+        if skipped != self._skipped_logged and trainer is not None and trainer.logger is not None:
+            trainer.logger.log_metrics({"data/skipped_images": float(skipped)}, trainer.global_step)
+            self._skipped_logged = skipped
+        return super().on_after_batch_transfer(batch, dataloader_idx)

@@ -91,13 +91,18 @@ class ResumableDataLoader(DataLoader):
         self._position_pending = start_epoch > 0 or skip_batches > 0
 
     def __iter__(self) -> Iterator[Any]:
-        if not self._position_pending:
-            return super().__iter__()
-        self._position_pending = False
+        pending, self._position_pending = self._position_pending, False
         set_epoch = getattr(self.sampler, "set_epoch", None)
-        if callable(set_epoch):
+        if pending and callable(set_epoch):
             set_epoch(self.start_epoch)
+        # A dataset that augments per (epoch, index) learns the epoch before any index reaches it
+        # (the sampler may be Lightning's DistributedSampler, which also has ``epoch``).
+        dataset_epoch = getattr(self.dataset, "set_epoch", None)
+        if callable(dataset_epoch):
+            dataset_epoch(int(getattr(self.sampler, "epoch", 0)))
         iterator = super().__iter__()
+        if not pending:
+            return iterator
         for _ in range(self.skip_batches):
             if next(iterator, None) is None:
                 break

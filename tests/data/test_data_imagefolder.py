@@ -96,9 +96,10 @@ def test_cache_disabled_writes_nothing(tmp_path: Path, make_image_tree) -> None:
 
 
 def test_lazy_mode_matches_in_memory(tmp_path: Path, make_image_tree) -> None:
-    make_image_tree(tmp_path, size=(10, 9))
+    # square images of the output size with crop_pct 1: the held-out crop is the image itself
+    make_image_tree(tmp_path, size=(7, 7))
     eager = _module(tmp_path, None, image_size=7)
-    lazy = _module(tmp_path, None, image_size=7, in_memory=False)
+    lazy = _module(tmp_path, None, image_size=7, in_memory=False, crop_pct=1.0)
     eager.setup("fit")
     lazy.setup("fit")
     held = eager._split("heldout")
