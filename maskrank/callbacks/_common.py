@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
@@ -21,7 +21,10 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
+from maskrank.metrics import NonFiniteInputError
 from maskrank.models.observed import Encodes, ObservedTask
+
+T = TypeVar("T")
 
 __all__ = [
     "block_index_name",
@@ -114,6 +117,22 @@ def observed(
         warned.add("task")
         rank_zero_warn(f"{owner} needs a module with {surface.__name__}'s methods; skipped.")
     return None
+
+
+def skip_nonfinite(
+    trainer: pl.Trainer, owner: str, measure: Callable[[], T]
+) -> T | dict[str, float]:
+    """``measure()``, or, when its input holds NaN/inf (a step ``NonFiniteGuard`` with
+    ``action: skip`` let pass), a warning and ``{"monitor/<owner>/skipped_nonfinite": 1}``: the
+    measurement is skipped and logged, the fit goes on."""
+    try:
+        return measure()
+    except NonFiniteInputError as err:
+        rank_zero_warn(
+            f"{owner}: step {trainer.global_step}: {err}; this measurement is skipped "
+            "(the fit goes on)"
+        )
+        return {f"monitor/{owner}/skipped_nonfinite": 1.0}
 
 
 def probe_images(

@@ -40,6 +40,7 @@ from maskrank.callbacks._common import (
     observed,
     probe_images,
     short_module_name,
+    skip_nonfinite,
 )
 from maskrank.metrics import dropout_penalty, equalization_score
 
@@ -119,7 +120,10 @@ class DropoutPenaltyMonitor(pl.Callback):
         )
         if images is None:
             return
-        metrics = self.measure(pl_module, images, mlps) if trainer.is_global_zero else None
+        metrics = None
+        if trainer.is_global_zero:
+            owner = type(self).__name__
+            metrics = skip_nonfinite(trainer, owner, lambda: self.measure(pl_module, images, mlps))
         self.last_metrics = log_from_rank_zero(trainer, pl_module, metrics)
 
     @torch.no_grad()

@@ -1,5 +1,6 @@
 """Pure, typed spectrum and regularizer metrics (shared/SCIENCE.md); no Lightning imports."""
 
+from maskrank.metrics._checks import NonFiniteInputError
 from maskrank.metrics.covariance import alpha_req, covariance_eigenvalues, participation_ratio
 from maskrank.metrics.dropout import (
     dropout_lambda,
@@ -40,6 +41,7 @@ from maskrank.metrics.subspace import (
 )
 
 __all__ = [
+    "NonFiniteInputError",
     "RANKME_EPS",
     "DropoutMFOptimum",
     "alpha_req",

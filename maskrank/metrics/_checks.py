@@ -17,6 +17,7 @@ from torch import Tensor
 
 __all__ = [
     "Method",
+    "NonFiniteInputError",
     "as_matrix64",
     "as_vector64",
     "check_finite",
@@ -31,6 +32,10 @@ __all__ = [
 # How singular values are computed: "svd" = torch.linalg.svdvals; "gram" = sqrt of the eigenvalues
 # of the smaller Gram matrix; "auto" = "gram" for clearly rectangular matrices, else "svd".
 Method = Literal["auto", "svd", "gram"]
+
+
+class NonFiniteInputError(ValueError):
+    """A metric's input holds NaN or inf; the metric is undefined (monitors skip that step)."""
 
 
 def work_device(x: Tensor) -> torch.device:
@@ -56,10 +61,10 @@ def check_real_tensor(x: object, name: str) -> Tensor:
 
 
 def check_finite(x: Tensor, name: str) -> None:
-    """Raise :class:`ValueError` if ``x`` has a NaN or inf entry (one device sync on GPU)."""
+    """Raise :class:`NonFiniteInputError` if ``x`` has a NaN or inf entry (one device sync on GPU)."""
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(
+        raise NonFiniteInputError(
             f"{name} contains {bad} non-finite value(s) (NaN or inf); spectra of such a matrix "
             "are undefined"
         )

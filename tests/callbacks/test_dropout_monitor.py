@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskrank.callbacks import DropoutPenaltyMonitor
+from maskrank.callbacks import DropoutPenaltyMonitor, NonFiniteGuard
 from maskrank.callbacks.dropout import MASK_SEED, find_mlps, run_drop_rate
 from maskrank.metrics import dropout_penalty, equalization_score
 from maskrank.models.vit import ViTSpec
@@ -94,3 +94,20 @@ def test_explicit_mode_reports_the_penalty_rate_in_the_loss():
         per_lambda = metrics[f"dropout/{name}/penalty_per_lambda"]
         assert per_lambda > 0
         assert metrics[f"dropout/{name}/penalty"] == pytest.approx(0.3 / 0.7 * per_lambda)
+
+
+def test_a_nonfinite_measurement_is_skipped_and_logged_and_the_fit_goes_on(make_trainer):
+    model = tiny_mae()
+    block = model.mae.encoder.blocks[0]
+
+    def nan_in_eval(module, args, output):  # the monitor measures in eval mode; training is clean
+        return output if module.training else torch.full_like(output, float("nan"))
+
+    block.register_forward_hook(nan_in_eval)
+    monitor = DropoutPenaltyMonitor(probe_size=8)
+    trainer = make_trainer([NonFiniteGuard(action="skip"), monitor], max_epochs=2)
+    with pytest.warns(UserWarning, match="DropoutPenaltyMonitor: step 4: .*non-finite.*skipped"):
+        trainer.fit(model, datamodule=tiny_data())
+    assert trainer.global_step == 8 and trainer.current_epoch == 2  # the fit went on
+    assert monitor.last_metrics == {"monitor/DropoutPenaltyMonitor/skipped_nonfinite": 1.0}
+    assert trainer.callback_metrics["monitor/DropoutPenaltyMonitor/skipped_nonfinite"] == 1.0
