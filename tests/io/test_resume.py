@@ -18,7 +18,7 @@ from maskrank.cli import main
 from maskrank.cli.lightning import build_cli
 from resume_helpers import max_abs_diff, read_steps, tiny_mae_model, write_config
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parents[1]  # tests/, for resume_helpers in the subprocess
 STEPS = 12  # 3 epochs x 4 batches
 
 
