@@ -74,7 +74,9 @@ def state_bytes_formula(
 @torch.no_grad()
 def top_basis(grad: Tensor, rank: int, rows: bool) -> Tensor:
     """Top-``rank`` left (``rows``) or right singular vectors of ``grad`` (m, n) as columns."""
-    u, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
+    # half-precision gradients are decomposed in float32; float32/float64 as they are
+    work = grad.float() if grad.element_size() < 4 else grad
+    u, _, vh = torch.linalg.svd(work, full_matrices=False)
     basis = u[:, :rank] if rows else vh[:rank].T  # (m, r) or (n, r)
     return basis.to(grad.dtype).contiguous()
 
@@ -154,10 +156,11 @@ class GaLoreAdamW(torch.optim.Optimizer):
             if rank is None or rank >= min(p.shape):
                 state = self._init_state(p, p.shape, fused)
                 for lst, t in zip(
-                    plain, (p, grad, state["exp_avg"], state["exp_avg_sq"]), strict=True
+                    plain,
+                    (p, grad, state["exp_avg"], state["exp_avg_sq"], state["step"]),
+                    strict=True,
                 ):
                     lst.append(t)
-                plain[4].append(state["step"])
                 continue
             rows = projects_rows(tuple(p.shape), group["proj_type"])
             moment_shape = (rank, p.shape[1]) if rows else (p.shape[0], rank)
@@ -166,22 +169,38 @@ class GaLoreAdamW(torch.optim.Optimizer):
                 state["projector"] = top_basis(grad, rank, rows)
             basis = state["projector"]  # (m, r) or (n, r)
             projected = basis.T @ grad if rows else grad @ basis  # (r, n) or (m, r)
+            buffer = torch.zeros_like(projected)
             for lst, t in zip(
                 low,
-                (torch.zeros_like(projected), projected, state["exp_avg"], state["exp_avg_sq"]),
+                (buffer, projected, state["exp_avg"], state["exp_avg_sq"], state["step"]),
                 strict=True,
             ):
                 lst.append(t)
-            low[4].append(state["step"])
             targets.append((p, basis, rows))
         kwargs = dict(
-            amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"], eps=group["eps"],
-            maximize=False, fused=fused or None, foreach=None if fused else False,
-        )  # fmt: skip
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            eps=group["eps"],
+            maximize=False,
+            fused=fused or None,
+            foreach=None if fused else False,
+        )
         if plain[0]:
             params, grads, m, v, steps = plain
-            adam(params, grads, m, v, [], steps, weight_decay=group["weight_decay"],
-                 decoupled_weight_decay=True, **kwargs)  # fmt: skip
+            wd = group["weight_decay"]
+            adam(
+                params,
+                grads,
+                m,
+                v,
+                [],
+                steps,
+                weight_decay=wd,
+                decoupled_weight_decay=True,
+                **kwargs,
+            )
         if targets:
             buffers, projected, m, v, steps = low
             adam(buffers, projected, m, v, [], steps, weight_decay=0.0, **kwargs)
