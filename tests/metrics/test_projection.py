@@ -21,8 +21,8 @@ def test_top_singular_basis_captures_the_top_energy_share():
 def test_a_gradient_inside_the_subspace_is_fully_captured_and_outside_not_at_all():
     basis = torch.linalg.qr(torch.randn(20, 3, dtype=torch.float64))[0]  # (20, 3)
     inside = basis @ torch.randn(3, 7, dtype=torch.float64)
-    outside = inside - basis @ (basis.T @ torch.randn(20, 7, dtype=torch.float64))
-    outside = outside - basis @ (basis.T @ outside)
+    noise = torch.randn(20, 7, dtype=torch.float64)
+    outside = noise - basis @ (basis.T @ noise)  # the component orthogonal to the basis
     assert captured_energy(inside, basis, rows=True) == pytest.approx(1.0, abs=1e-12)
     assert captured_energy(outside, basis, rows=True) == pytest.approx(0.0, abs=1e-12)
 
