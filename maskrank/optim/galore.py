@@ -206,7 +206,8 @@ class GaLoreAdamW(torch.optim.Optimizer):
             adam(buffers, projected, m, v, [], steps, weight_decay=0.0, **kwargs)
             decay = 1.0 - group["lr"] * group["weight_decay"]
             for (p, basis, rows), delta in zip(targets, buffers, strict=True):  # delta = -lr · N
-                if decay != 1.0:
-                    p.mul_(decay)
-                back = basis @ delta if rows else delta @ basis.T  # (m, n)
-                p.add_(back, alpha=group["scale"])
+                # W <- decay · W + scale · (P delta or delta Qᵀ): decay and update in one pass
+                if rows:
+                    p.addmm_(basis, delta, beta=decay, alpha=group["scale"])
+                else:
+                    p.addmm_(delta, basis.T, beta=decay, alpha=group["scale"])

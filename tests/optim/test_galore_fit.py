@@ -159,3 +159,21 @@ def test_sigkilled_galore_fit_resumes_to_the_uninterrupted_weights(tmp_path):
     last = runs / "exp" / "version_0" / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)["optimizer_states"][0]["state"]
     assert any("projector" in s for s in state.values())  # it did train with GaLore
+
+
+def test_classifier_fine_tune_with_galore_and_layer_decay(tmp_path):
+    runs = tmp_path / "runs"
+    model = _classifier()
+    model["init_args"] |= {"layer_decay": 0.75, "optimizer": {"name": "galore_adamw", "rank": 8}}
+    cfg = write_config(tmp_path / "cfg.yaml", runs, model, max_epochs=1)
+    main(["fit", "-c", str(cfg)])
+    ckpt = torch.load(runs / "exp" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["optimizer"]["name"] == "galore_adamw"
+    optimizer = ckpt["optimizer_states"][0]
+    galore = [g for g in optimizer["param_groups"] if g["rank"] == 8]
+    plain = [g for g in optimizer["param_groups"] if g["rank"] is None]
+    # 2 blocks x 4 targets, each in its block's layer-decay group; the lr ratios survive the split
+    assert sum(len(g["params"]) for g in galore) == 8
+    assert len({g["initial_lr"] for g in galore}) == 2 and len(plain) > 2
+    projected = [s for s in optimizer["state"].values() if "projector" in s]
+    assert len(projected) == 8 and all(s["projector"].shape[1] == 8 for s in projected)
