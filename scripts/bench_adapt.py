@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from maskrank.models.lora import lora_layers
+from maskrank.optim import adamw
 from maskrank.tasks import ImageClassifier
 from maskrank.tasks.adaptation import trainable_parameters
-from maskrank.tasks.optim import adamw
 
 ARMS = {
     "full": {},

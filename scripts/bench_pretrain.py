@@ -33,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from maskrank.models.mae import MaskedAutoencoder, normalize_patches, patchify
 from maskrank.models.vit import ViTSpec
-from maskrank.tasks.optim import adamw
+from maskrank.optim import adamw
 
 
 class ReferenceMAE(nn.Module):

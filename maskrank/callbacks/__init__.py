@@ -6,6 +6,7 @@ fit (or skips its step) before a NaN/inf loss or gradient reaches the weights, a
 """
 
 from maskrank.callbacks.dropout import DropoutPenaltyMonitor
+from maskrank.callbacks.galore import GaLoreMonitor
 from maskrank.callbacks.lora import LoRASpectrumMonitor
 from maskrank.callbacks.nan_guard import NonFiniteGuard
 from maskrank.callbacks.reconstruction import ReconstructionLogger
@@ -15,6 +16,7 @@ from maskrank.callbacks.weights import WeightSpectrumMonitor
 
 __all__ = [
     "DropoutPenaltyMonitor",
+    "GaLoreMonitor",
     "LoRASpectrumMonitor",
     "NonFiniteGuard",
     "ReconstructionLogger",

@@ -17,6 +17,7 @@ from maskrank.metrics.dropout_mf import (
     min_factorization_penalty,
 )
 from maskrank.metrics.probe import linear_probe_accuracy
+from maskrank.metrics.projection import captured_energy
 from maskrank.metrics.spectrum import (
     RANKME_EPS,
     effective_rank,
@@ -45,6 +46,7 @@ __all__ = [
     "RANKME_EPS",
     "DropoutMFOptimum",
     "alpha_req",
+    "captured_energy",
     "covariance_eigenvalues",
     "dropout_lambda",
     "dropout_mf_optimum",

@@ -27,8 +27,14 @@ from maskrank.models.dropout_apply import install_dropout
 from maskrank.models.features import EncoderFeatures, encoder_features
 from maskrank.models.lora import LoRASpec, as_lora_spec
 from maskrank.models.vit import ViTSpec, as_spec
+from maskrank.optim import (
+    OptimizerSpec,
+    as_optimizer_spec,
+    build_optimizer,
+    galore_targets,
+    warmup_cosine_schedule,
+)
 from maskrank.tasks.adaptation import Adaptation, check_adaptation, setup_adaptation
-from maskrank.tasks.optim import adamw, warmup_cosine_schedule
 
 
 class ImageClassifier(pl.LightningModule):
@@ -67,6 +73,9 @@ class ImageClassifier(pl.LightningModule):
             closed-form penalty ``λ Σ_j ‖u_j‖² mean(a_j²)`` to the training objective instead
             (SCIENCE.md §4), logged as ``train/dropout_penalty`` (``train/loss`` stays the
             data loss).
+        optimizer: ``adamw`` (default) or ``galore_adamw`` with ``rank``, ``update_proj_gap``,
+            ``scale``, ``proj_type``, ``targets`` (``maskrank.optim.OptimizerSpec``; SCIENCE.md
+            §8); every non-target parameter stays on AdamW (with ``layer_decay``'s groups).
     """
 
     def __init__(
@@ -88,6 +97,7 @@ class ImageClassifier(pl.LightningModule):
         adaptation: Adaptation = "finetune",
         layer_decay: float = 1.0,
         lora: LoRASpec | None = None,
+        optimizer: OptimizerSpec | None = None,
     ) -> None:
         super().__init__()
         spec = as_spec(vit)
@@ -111,10 +121,12 @@ class ImageClassifier(pl.LightningModule):
         # Specs are stored as plain dicts so checkpoints load with weights_only=True; a rank map
         # file is stored as its content, so the checkpoint does not depend on the file.
         lora_spec = as_lora_spec(lora) if adaptation == "lora" else None
+        optimizer_spec = as_optimizer_spec(optimizer)
         if encoder_ckpt is not None:
             encoder_ckpt = str(resolve_checkpoint(encoder_ckpt, flag_of("encoder_ckpt")))
-        self.save_hyperparameters(ignore=["vit", "dropout", "lora"])
+        self.save_hyperparameters(ignore=["vit", "dropout", "lora", "optimizer"])
         self.hparams["encoder_ckpt"] = encoder_ckpt  # resolved: lora-rank reads this file later
+        self.hparams["optimizer"] = asdict(optimizer_spec)
         self.hparams["vit"] = asdict(spec)
         self.hparams["lora"] = None if lora_spec is None else asdict(lora_spec)
         self.model = spec.build(
@@ -127,6 +139,8 @@ class ImageClassifier(pl.LightningModule):
         dropout_specs, self.explicit_dropout = install_dropout(self.model, dropout)
         self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
         setup_adaptation(self.model, adaptation, lora_spec)  # after loading: adapters wrap it
+        if optimizer_spec.name == "galore_adamw":
+            galore_targets(self.model, optimizer_spec)  # after adaptation: trainable weights only
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -208,8 +222,15 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         # every trainable parameter lives in the ViT (its head included)
-        optimizer = adamw(
-            self.model, hp.lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw, hp.layer_decay
+        spec = as_optimizer_spec(hp.get("optimizer"))
+        optimizer = build_optimizer(
+            self.model,
+            spec,
+            hp.lr,
+            hp.weight_decay,
+            tuple(hp.betas),
+            hp.fused_adamw,
+            hp.layer_decay,
         )
         schedule = warmup_cosine_schedule(
             optimizer, self.trainer.estimated_stepping_batches, hp.warmup_fraction, hp.min_lr_ratio

@@ -21,7 +21,13 @@ from maskrank.models.features import EncoderFeatures
 from maskrank.models.mae import AttentionImpl, MaskedAutoencoder
 from maskrank.models.masking import MaskingSpec, Strategy
 from maskrank.models.vit import ViTSpec, as_spec
-from maskrank.tasks.optim import adamw, warmup_cosine_schedule
+from maskrank.optim import (
+    OptimizerSpec,
+    as_optimizer_spec,
+    build_optimizer,
+    galore_targets,
+    warmup_cosine_schedule,
+)
 
 VAL_MASK_SEED = 1234
 
@@ -73,6 +79,9 @@ class MAEPretraining(pl.LightningModule):
             closed-form penalty ``λ Σ_j ‖u_j‖² mean(a_j²)`` to the training objective instead
             (SCIENCE.md §4), logged as ``train/dropout_penalty`` (``train/loss`` stays the
             data loss).
+        optimizer: ``adamw`` (default) or ``galore_adamw`` with ``rank``, ``update_proj_gap``,
+            ``scale``, ``proj_type``, ``targets`` (``maskrank.optim.OptimizerSpec``; SCIENCE.md
+            §8); every non-target parameter stays on AdamW.
     """
 
     def __init__(
@@ -99,11 +108,14 @@ class MAEPretraining(pl.LightningModule):
         attention: AttentionImpl = "auto",
         compile: bool = False,
         dropout: DropoutSpec | list[DropoutSpec] | None = None,
+        optimizer: OptimizerSpec | None = None,
     ) -> None:
         super().__init__()
         spec = as_spec(vit)
         self.masking = MaskingSpec(mask_ratio, mask_ratio_range, mask_ratio_end, masking)
-        self.save_hyperparameters(ignore=["vit", "dropout"])
+        optimizer_spec = as_optimizer_spec(optimizer)
+        self.save_hyperparameters(ignore=["vit", "dropout", "optimizer"])
+        self.hparams["optimizer"] = asdict(optimizer_spec)
         self.hparams["vit"] = asdict(spec)
         # The CLI links data.num_classes into every model; LightningCLI records it among the
         # given hyperparameters even though this task has no such argument. Drop it, or a
@@ -123,6 +135,8 @@ class MAEPretraining(pl.LightningModule):
         # `mode: explicit` spec, else its `.rates` map the hooked fc2 names to p
         dropout_specs, self.explicit_dropout = install_dropout(self.mae, dropout)
         self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
+        if optimizer_spec.name == "galore_adamw":
+            galore_targets(self.mae, optimizer_spec)  # a bad rank or target fails before training
         if compile:
             # In place, so parameter names (and checkpoints) stay those of the plain modules.
             for block in [*encoder.blocks, *self.mae.decoder_blocks]:
@@ -195,7 +209,10 @@ class MAEPretraining(pl.LightningModule):
         hp = self.hparams
         total_steps = self.trainer.estimated_stepping_batches  # also loads the train dataloader
         lr = hp.lr if hp.lr is not None else hp.base_lr * effective_batch_size(self.trainer) / 256
-        optimizer = adamw(self.mae, lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw)
+        spec = as_optimizer_spec(hp.get("optimizer"))
+        optimizer = build_optimizer(
+            self.mae, spec, lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw
+        )
         schedule = warmup_cosine_schedule(
             optimizer, total_steps, hp.warmup_fraction, hp.min_lr_ratio
         )

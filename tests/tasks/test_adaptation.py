@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from maskrank.errors import ConfigError
+from maskrank.optim import adamw
 from maskrank.tasks import ImageClassifier
 from maskrank.tasks.adaptation import fold_probe_head, trainable_parameters
-from maskrank.tasks.optim import adamw
 
 
 def _classifier(spec, **kw) -> ImageClassifier:

@@ -5,8 +5,8 @@ import torch
 
 from maskrank.errors import ConfigError
 from maskrank.models.vit import ViTSpec
+from maskrank.optim import adamw
 from maskrank.tasks import ImageClassifier
-from maskrank.tasks.optim import adamw
 
 
 def _classifier(spec: ViTSpec, **kw) -> ImageClassifier:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maskrank.errors import ConfigError
-from maskrank.tasks.optim import adamw, warmup_cosine, warmup_cosine_schedule
+from maskrank.optim import adamw, warmup_cosine, warmup_cosine_schedule
 
 
 def test_weight_decay_only_on_matrices(tiny_spec):

@@ -1,0 +1,32 @@
+"""Optimizers and learning-rate schedules of the tasks (pure: no Lightning imports).
+
+* :mod:`maskrank.optim.adamw`: AdamW with weight-decay and layer-decay parameter groups;
+* :mod:`maskrank.optim.galore`: GaLore AdamW (SCIENCE.md §8), tensor-only state;
+* :mod:`maskrank.optim.spec`: ``model.init_args.optimizer`` and building the optimizer it names;
+* :mod:`maskrank.optim.schedule`: linear warmup then cosine decay.
+"""
+
+from maskrank.optim.adamw import adamw, param_groups
+from maskrank.optim.galore import GaLoreAdamW, state_bytes_formula
+from maskrank.optim.schedule import warmup_cosine, warmup_cosine_schedule
+from maskrank.optim.spec import (
+    OPTIMIZERS,
+    OptimizerSpec,
+    as_optimizer_spec,
+    build_optimizer,
+    galore_targets,
+)
+
+__all__ = [
+    "OPTIMIZERS",
+    "GaLoreAdamW",
+    "OptimizerSpec",
+    "adamw",
+    "as_optimizer_spec",
+    "build_optimizer",
+    "galore_targets",
+    "param_groups",
+    "state_bytes_formula",
+    "warmup_cosine",
+    "warmup_cosine_schedule",
+]

@@ -1,0 +1,167 @@
+"""``model.init_args.optimizer``: which optimizer a task builds, and building it.
+
+``adamw`` is torch's AdamW over the weight-decay / layer-decay groups of
+:func:`maskrank.optim.adamw.param_groups`; ``galore_adamw`` (SCIENCE.md §8) is
+:class:`maskrank.optim.galore.GaLoreAdamW` over the same groups, each split into its GaLore targets
+(trainable 2-D weights whose module name ends with one of ``targets``) and the rest (plain AdamW).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+
+from maskrank.errors import ConfigError
+from maskrank.optim.adamw import default_fused, param_groups
+from maskrank.optim.galore import PROJ_TYPES, GaLoreAdamW, ProjType
+
+OPTIMIZERS: tuple[str, ...] = ("adamw", "galore_adamw")
+DEFAULT_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
+
+__all__ = ["OPTIMIZERS", "OptimizerSpec", "as_optimizer_spec", "build_optimizer", "galore_targets"]
+
+
+@dataclass
+class OptimizerSpec:
+    """The optimizer of a task (``model.init_args.optimizer``).
+
+    Attributes:
+        name: ``adamw`` or ``galore_adamw`` (GaLore on ``targets``, AdamW on everything else).
+        rank: GaLore rank ``r``; at most the smaller side of every target matrix.
+        update_proj_gap: optimizer steps between refreshes of the projection (SVD of the gradient).
+        scale: GaLore's ``α``: the projected-back Adam step is multiplied by it.
+        proj_type: ``std`` (project the smaller side of each matrix), ``reverse_std``, ``left``
+            or ``right``.
+        targets: module-name suffixes of the 2-D weights trained with GaLore (``qkv`` matches
+            ``blocks.3.attn.qkv``); by default the attention and MLP weights of encoder and
+            decoder blocks (``proj`` never matches the patch embedding: it is a 4-D conv kernel).
+    """
+
+    name: str = "adamw"
+    rank: int = 32
+    update_proj_gap: int = 200
+    scale: float = 0.25
+    proj_type: ProjType = "std"
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(
+                f"{{field}} = {self.name!r} is not a known optimizer; expected one of "
+                f"{', '.join(OPTIMIZERS)}",
+                "optimizer.name",
+            )
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ConfigError(
+                f"{{field}} = {self.rank!r} must be an integer >= 1", "optimizer.rank"
+            )
+        if (
+            isinstance(self.update_proj_gap, bool)
+            or not isinstance(self.update_proj_gap, int)
+            or self.update_proj_gap < 1
+        ):
+            raise ConfigError(
+                f"{{field}} = {self.update_proj_gap!r} must be an integer >= 1",
+                "optimizer.update_proj_gap",
+            )
+        if not self.scale > 0:
+            raise ConfigError(f"{{field}} = {self.scale!r} must be > 0", "optimizer.scale")
+        if self.proj_type not in PROJ_TYPES:
+            raise ConfigError(
+                f"{{field}} = {self.proj_type!r}; expected one of {', '.join(PROJ_TYPES)}",
+                "optimizer.proj_type",
+            )
+        self.targets = list(self.targets)
+        if not self.targets:
+            raise ConfigError(
+                "{field} is empty; expected module-name suffixes", "optimizer.targets"
+            )
+
+
+def as_optimizer_spec(value: OptimizerSpec | dict | None) -> OptimizerSpec:
+    """An OptimizerSpec from a spec, its ``asdict`` form (checkpoint hparams) or None (AdamW)."""
+    if value is None:
+        return OptimizerSpec()
+    if isinstance(value, OptimizerSpec):
+        return OptimizerSpec(**{f.name: getattr(value, f.name) for f in fields(OptimizerSpec)})
+    known = {f.name for f in fields(OptimizerSpec)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in {{field}}; expected {sorted(known)}", "optimizer"
+        )
+    return OptimizerSpec(**value)
+
+
+def _matches(name: str, targets: list[str]) -> bool:
+    module = name.removesuffix(".weight")
+    return name.endswith(".weight") and any(
+        module == t or module.endswith("." + t) for t in targets
+    )
+
+
+def galore_targets(module: nn.Module, spec: OptimizerSpec) -> dict[str, nn.Parameter]:
+    """The trainable 2-D weights GaLore trains, by parameter name; checks ``targets`` and ``rank``.
+
+    Raises:
+        ConfigError: no trainable 2-D weight matches ``targets``, or ``rank`` exceeds the smaller
+            side of a matched matrix.
+    """
+    found = {
+        name: p
+        for name, p in module.named_parameters()
+        if p.requires_grad and p.ndim == 2 and _matches(name, spec.targets)
+    }
+    if not found:
+        raise ConfigError(
+            f"{{field}} = {spec.targets} match no trainable 2-D weight of the model "
+            "(expected module-name suffixes such as qkv, proj, fc1, fc2)",
+            "optimizer.targets",
+        )
+    for name, p in found.items():
+        if spec.rank > min(p.shape):
+            raise ConfigError(
+                f"{{field}} = {spec.rank} exceeds the smaller side of {name} "
+                f"{tuple(p.shape)}; expected rank <= {min(p.shape)}",
+                "optimizer.rank",
+            )
+    return found
+
+
+def build_optimizer(
+    module: nn.Module,
+    spec: OptimizerSpec,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    fused: bool | None = None,
+    layer_decay: float = 1.0,
+) -> torch.optim.Optimizer:
+    """The optimizer ``spec`` names over ``module``'s trainable parameters.
+
+    Both share the weight-decay and layer-decay groups (see :func:`maskrank.optim.adamw.adamw`);
+    for ``galore_adamw`` every group is split into a GaLore part (its targets) and a plain part.
+    """
+    groups = param_groups(module, lr, weight_decay, layer_decay)
+    if fused is None:
+        fused = default_fused(groups)
+    if spec.name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+    targets = {id(p) for p in galore_targets(module, spec).values()}
+    galore = dict(
+        rank=spec.rank,
+        update_proj_gap=spec.update_proj_gap,
+        scale=spec.scale,
+        proj_type=spec.proj_type,
+    )
+    split: list[dict] = []
+    for group in groups:
+        inside = [p for p in group["params"] if id(p) in targets]
+        outside = [p for p in group["params"] if id(p) not in targets]
+        if outside:
+            split.append({**group, "params": outside})
+        if inside:
+            split.append({**group, "params": inside, **galore})
+    return GaLoreAdamW(split, lr=lr, betas=betas, fused=bool(fused))
