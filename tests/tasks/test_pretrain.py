@@ -139,5 +139,6 @@ def test_mae_encoder_starts_probe_and_finetune_with_either_pooling(
     if pool == "avg":
         torch.testing.assert_close(own["fc_norm.weight"], torch.ones(64))
     trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0)
-    trainer.fit(clf, DataLoader(TensorDataset(torch.randn(16, 3, 32, 32), torch.arange(16) % 4)))
+    data = TensorDataset(torch.randn(16, 3, 32, 32), torch.arange(16) % 4)
+    trainer.fit(clf, DataLoader(data, batch_size=8))
     assert torch.isfinite(clf.model(torch.randn(2, 3, 32, 32))).all()
