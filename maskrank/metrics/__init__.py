@@ -15,6 +15,8 @@ from maskrank.metrics.dropout_mf import (
     factorization_penalty_term,
     min_factorization_penalty,
 )
+from maskrank.metrics.knn import knn_accuracy, knn_predict
+from maskrank.metrics.lidar import LIDAR_DELTA, lda_matrix, lidar
 from maskrank.metrics.probe import linear_probe_accuracy
 from maskrank.metrics.spectrum import (
     RANKME_EPS,
@@ -38,8 +40,10 @@ from maskrank.metrics.subspace import (
     top_singular_vectors,
     update_spectrum,
 )
+from maskrank.metrics.uniformity import uniformity_loss
 
 __all__ = [
+    "LIDAR_DELTA",
     "RANKME_EPS",
     "DropoutMFOptimum",
     "alpha_req",
@@ -56,6 +60,10 @@ __all__ = [
     "factorization_penalty",
     "factorization_penalty_term",
     "frobenius_norm",
+    "knn_accuracy",
+    "knn_predict",
+    "lda_matrix",
+    "lidar",
     "linear_probe_accuracy",
     "min_factorization_penalty",
     "moved_singular_values",
@@ -71,5 +79,6 @@ __all__ = [
     "stable_rank",
     "subspace_similarity",
     "top_singular_vectors",
+    "uniformity_loss",
     "update_spectrum",
 ]
