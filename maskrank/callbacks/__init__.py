@@ -6,6 +6,8 @@ fit (or skips its step) before a NaN/inf loss or gradient reaches the weights, a
 """
 
 from maskrank.callbacks.dropout import DropoutPenaltyMonitor
+from maskrank.callbacks.knn import OnlineKNN
+from maskrank.callbacks.lidar_views import LidarSpec
 from maskrank.callbacks.lora import LoRASpectrumMonitor
 from maskrank.callbacks.nan_guard import NonFiniteGuard
 from maskrank.callbacks.reconstruction import ReconstructionLogger
@@ -15,8 +17,10 @@ from maskrank.callbacks.weights import WeightSpectrumMonitor
 
 __all__ = [
     "DropoutPenaltyMonitor",
+    "LidarSpec",
     "LoRASpectrumMonitor",
     "NonFiniteGuard",
+    "OnlineKNN",
     "ReconstructionLogger",
     "RepresentationRankMonitor",
     "RngStateCheckpoint",

@@ -1,7 +1,9 @@
 """MAE pretraining as a thin LightningModule (SCIENCE.md §5).
 
 Logged tags: ``train/loss``, ``train/mask_ratio``, ``val/loss`` (reconstruction loss on masked
-patches; validation masks with a fixed-seed generator so epochs are comparable).
+patches; validation masks with a fixed-seed generator so epochs are comparable); with
+``online_probe`` also ``train/online_probe_loss`` and ``eval/online_linear_acc``, with
+``uniformity_weight > 0`` also ``train/uniformity`` (SCIENCE.md §9, :mod:`maskrank.tasks.online_probe`).
 The learning rate follows MAE's rule ``lr = base_lr * effective_batch / 256`` unless ``lr`` is set.
 """
 
@@ -12,14 +14,17 @@ from dataclasses import asdict
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 
 from maskrank.errors import ConfigError
+from maskrank.metrics import uniformity_loss
 from maskrank.models.dropout import DropoutSpec, as_dropout_specs
 from maskrank.models.dropout_apply import ExplicitDropoutPenalty, apply_dropout
 from maskrank.models.features import EncoderFeatures
 from maskrank.models.mae import AttentionImpl, MaskedAutoencoder
 from maskrank.models.masking import Strategy, check_mask_ratio, mask_ratio_at
 from maskrank.models.vit import ViTSpec, as_spec
+from maskrank.tasks.online_probe import Feature, OnlineLinearProbe, latent_feature
 from maskrank.tasks.optim import adamw, warmup_cosine_schedule
 
 VAL_MASK_SEED = 1234
@@ -72,6 +77,19 @@ class MAEPretraining(pl.LightningModule):
             closed-form penalty ``λ Σ_j ‖u_j‖² mean(a_j²)`` to the training objective instead
             (SCIENCE.md §4), logged as ``train/dropout_penalty`` (``train/loss`` stays the
             data loss).
+        num_classes: classes of the datamodule's labels; the CLI links it from the data (only
+            the online probe uses labels).
+        online_probe: train a linear probe (BatchNorm without affine parameters + linear) on the
+            detached ``probe_feature`` of the visible tokens, with the training batch's labels,
+            and log its accuracy on the validation batches (same fixed masks as ``val/loss``)
+            as ``eval/online_linear_acc``. Its gradients never reach the encoder.
+        probe_feature: ``cls`` (the CLS token) or ``mean`` (mean of the visible patch tokens).
+        probe_lr: the probe's learning rate (its own AdamW parameter group, no weight decay,
+            on the run's warmup-cosine schedule).
+        uniformity_weight: weight of the uniformity loss ``log mean exp(-2 ‖z_i - z_j‖²)`` of the
+            L2-normalized ``uniformity_feature`` over the batch (U-MAE), added to the training
+            objective and logged as ``train/uniformity``; 0 turns it off.
+        uniformity_feature: ``cls`` or ``mean``, as ``probe_feature``.
     """
 
     def __init__(
@@ -98,8 +116,25 @@ class MAEPretraining(pl.LightningModule):
         attention: AttentionImpl = "auto",
         compile: bool = False,
         dropout: DropoutSpec | list[DropoutSpec] | None = None,
+        num_classes: int | None = None,
+        online_probe: bool = False,
+        probe_feature: Feature = "cls",
+        probe_lr: float = 1e-3,
+        uniformity_weight: float = 0.0,
+        uniformity_feature: Feature = "cls",
     ) -> None:
         super().__init__()
+        if not uniformity_weight >= 0:
+            raise ConfigError(
+                f"model.init_args.uniformity_weight must be >= 0, got {uniformity_weight}"
+            )
+        if online_probe and (num_classes is None or num_classes < 2):
+            raise ConfigError(
+                "model.init_args.online_probe needs a datamodule with class labels "
+                f"(num_classes >= 2, linked from data.num_classes), got num_classes={num_classes}"
+            )
+        if online_probe and not probe_lr > 0:
+            raise ConfigError(f"model.init_args.probe_lr must be > 0, got {probe_lr}")
         spec = as_spec(vit)
         check_mask_ratio(mask_ratio)
         if mask_ratio_end is not None:
@@ -111,10 +146,6 @@ class MAEPretraining(pl.LightningModule):
         dropout_specs = as_dropout_specs(dropout, "model.init_args.dropout")
         self.save_hyperparameters(ignore=["vit", "dropout"])
         self.hparams["vit"] = asdict(spec)
-        # The CLI links data.num_classes into every model; LightningCLI records it among the
-        # given hyperparameters even though this task has no such argument. Drop it, or a
-        # checkpoint could not be re-instantiated (validate/test/resume with --ckpt_path).
-        self.hparams.pop("num_classes", None)
         self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
         encoder = spec.build(img_size=img_size, in_chans=in_chans, num_classes=0)
         self.mae = MaskedAutoencoder(
@@ -133,6 +164,11 @@ class MAEPretraining(pl.LightningModule):
             # In place, so parameter names (and checkpoints) stay those of the plain modules.
             for block in [*encoder.blocks, *self.mae.decoder_blocks]:
                 block.compile()
+        self.online_probe = (
+            OnlineLinearProbe(encoder.embed_dim, num_classes)
+            if online_probe and num_classes is not None
+            else None
+        )
         self._ratio_rng = random.Random(0)
         self._val_generator: torch.Generator | None = None
 
@@ -160,11 +196,12 @@ class MAEPretraining(pl.LightningModule):
         images = batch[0]
         ratio = self.current_mask_ratio()
         if self.explicit_dropout is None:
-            loss = self.mae.training_loss(images, ratio, self.hparams.masking)
+            loss, latent = self.mae.training_loss_and_latent(images, ratio, self.hparams.masking)
         else:  # its fc2 hooks average over every token the full decoder sees
             self.explicit_dropout.reset()
-            loss, _, _ = self.mae(images, ratio, self.hparams.masking)
+            loss, _, _, latent = self.mae.forward_with_latent(images, ratio, self.hparams.masking)
         self.log("train/loss", loss, prog_bar=True)
+        loss = loss + self._online_terms(latent, batch[1])
         if self.explicit_dropout is not None:
             penalty = self.explicit_dropout.pop()  # summed over the hooked fc2s
             self.log("train/dropout_penalty", penalty)
@@ -172,6 +209,21 @@ class MAEPretraining(pl.LightningModule):
         if self.hparams.mask_ratio_range is not None or self.hparams.mask_ratio_end is not None:
             self.log("train/mask_ratio", ratio)
         return loss
+
+    def _online_terms(self, latent: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Uniformity term and probe loss of the visible-token latent (B, 1 + K, D), 0-d."""
+        hp = self.hparams
+        extra = latent.new_zeros((), dtype=torch.float32)
+        if hp.uniformity_weight > 0:
+            uniformity = uniformity_loss(latent_feature(latent, hp.uniformity_feature).float())
+            self.log("train/uniformity", uniformity)
+            extra = extra + hp.uniformity_weight * uniformity
+        if self.online_probe is not None:  # detached inside: its loss only trains the probe
+            logits = self.online_probe(latent_feature(latent, hp.probe_feature))
+            probe_loss = F.cross_entropy(logits.float(), labels)
+            self.log("train/online_probe_loss", probe_loss)
+            extra = extra + probe_loss
+        return extra
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The per-batch mask-ratio draws (mask_ratio_range) come from their own generator; a
@@ -192,14 +244,23 @@ class MAEPretraining(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images = batch[0]
         ratio = self.hparams.mask_ratio_end or self.hparams.mask_ratio
-        loss, _, _ = self.mae(images, ratio, self.hparams.masking, self._val_generator)
+        loss, _, _, latent = self.mae.forward_with_latent(
+            images, ratio, self.hparams.masking, self._val_generator
+        )
         self.log("val/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
+        if self.online_probe is not None:
+            logits = self.online_probe(latent_feature(latent, self.hparams.probe_feature))
+            accuracy = (logits.argmax(dim=1) == batch[1]).float().mean()
+            self.log("eval/online_linear_acc", accuracy, batch_size=images.shape[0], sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams
         total_steps = self.trainer.estimated_stepping_batches  # also loads the train dataloader
         lr = hp.lr if hp.lr is not None else hp.base_lr * effective_batch_size(self.trainer) / 256
         optimizer = adamw(self.mae, lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw)
+        if self.online_probe is not None:  # its own lr, no weight decay; same schedule shape
+            params = list(self.online_probe.parameters())
+            optimizer.add_param_group({"params": params, "lr": hp.probe_lr, "weight_decay": 0.0})
         schedule = warmup_cosine_schedule(
             optimizer, total_steps, hp.warmup_fraction, hp.min_lr_ratio
         )
