@@ -142,14 +142,17 @@ def one_off_costs(args, model, data, root: Path) -> dict[str, float]:
     make_trainer(args, root, [rep, drop, knn], limit_val_batches=1).validate(
         model, datamodule=data, verbose=False
     )
-    alone = OnlineKNN()
-    time_method(alone, "on_validation_epoch_end", costs["OnlineKNN alone"])
-    with_lidar = RepresentationRankMonitor(lidar=LidarSpec())
+    with_lidar = RepresentationRankMonitor(lidar=LidarSpec(views=8, samples=args.lidar_samples))
     time_method(with_lidar, "on_validation_epoch_end", costs["monitor with LiDAR"])
-    make_trainer(args, root, [alone, with_lidar], limit_val_batches=1).validate(
+    second = [with_lidar]
+    if args.knn_alone:
+        alone = OnlineKNN()
+        time_method(alone, "on_validation_epoch_end", costs["OnlineKNN alone"])
+        second.insert(0, alone)
+    make_trainer(args, root, second, limit_val_batches=1).validate(
         model, datamodule=data, verbose=False
     )
-    costs["LiDAR (views 8, samples 1000)"] = [
+    costs[f"LiDAR (views 8, samples {args.lidar_samples})"] = [
         costs.pop("monitor with LiDAR")[0] - costs["RepresentationRankMonitor"][0]
     ]
     # The weight monitor at its defaults, measuring at step 2: its hooks' time at step 2 minus
@@ -175,6 +178,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epoch-steps", type=int, default=None, help="default: 50000 // batch")
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument(
+        "--lidar-samples", type=int, default=1000, help="LiDAR samples (8 views each)"
+    )
+    parser.add_argument("--knn-alone", action="store_true", help="also time OnlineKNN alone")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, else 32")
     args = parser.parse_args()
     if args.quick:
@@ -219,7 +226,7 @@ def main() -> None:
         "WeightSpectrumMonitor": weight_default.every_n_steps,
         "OnlineKNN": OnlineKNN().every_n_epochs * epoch_steps,
         "OnlineKNN alone": OnlineKNN().every_n_epochs * epoch_steps,
-        "LiDAR (views 8, samples 1000)": rep_default.every_n_epochs * epoch_steps,
+        f"LiDAR (views 8, samples {args.lidar_samples})": rep_default.every_n_epochs * epoch_steps,
     }
     in_default_set = ("RepresentationRankMonitor", "DropoutPenaltyMonitor", "WeightSpectrumMonitor")
     times: dict[str, list[float]] = defaultdict(list)
