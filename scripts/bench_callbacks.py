@@ -15,11 +15,17 @@ content does not change the speed). Everything runs through a real ``pl.Trainer.
    alternate round by round on fresh copies of one model, validation off, so the arms see the same
    machine load. Per step wall time (first step of each round dropped); median s/step per arm.
    This shows the per-step cost of the hooks (and of a weight measurement if one falls in a round).
+   Two more arms train ``MAEPretraining(online_probe=True)`` and
+   ``MAEPretraining(uniformity_weight=0.01)``: their overhead is the probe's (or the uniformity
+   term's) cost per step.
 2. One-off cost of one invocation of each callback at its default arguments, once per round right
-   after the two arms (so it meets the same machine load), median over rounds: the validation-end
+   after the arms (so it meets the same machine load), median over rounds: the validation-end
    pass of RepresentationRankMonitor and DropoutPenaltyMonitor (via
    ``trainer.validate``), and a measured step of WeightSpectrumMonitor (the time its hooks hold the
-   training loop; in background mode, the thread's compute time is shown too).
+   training loop; in background mode, the thread's compute time is shown too). OnlineKNN is
+   timed twice: after the representation monitor in the same validation (as configured: it
+   reuses the monitor's probe pass and embeds only its bank) and alone; LiDAR is the extra time
+   of ``RepresentationRankMonitor(lidar={views: 8, samples: 1000})`` over the plain monitor.
 3. Amortized overhead at the default schedule, per round from that round's baseline s/step and
    pass times, median over rounds: one validation epoch every
    ``--epoch-steps`` training steps (default: CIFAR-10, 50 000 images / batch), each epoch-level
@@ -45,6 +51,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from maskrank.callbacks import (
     DropoutPenaltyMonitor,
+    LidarSpec,
+    OnlineKNN,
     RepresentationRankMonitor,
     WeightSpectrumMonitor,
 )
@@ -129,9 +137,24 @@ def one_off_costs(args, model, data, root: Path) -> dict[str, float]:
     rep, drop = RepresentationRankMonitor(), DropoutPenaltyMonitor()
     time_method(rep, "on_validation_epoch_end", costs["RepresentationRankMonitor"])
     time_method(drop, "on_validation_epoch_end", costs["DropoutPenaltyMonitor"])
-    make_trainer(args, root, [rep, drop], limit_val_batches=1).validate(
+    knn = OnlineKNN()
+    time_method(knn, "on_validation_epoch_end", costs["OnlineKNN"])
+    make_trainer(args, root, [rep, drop, knn], limit_val_batches=1).validate(
         model, datamodule=data, verbose=False
     )
+    with_lidar = RepresentationRankMonitor(lidar=LidarSpec(views=8, samples=args.lidar_samples))
+    time_method(with_lidar, "on_validation_epoch_end", costs["monitor with LiDAR"])
+    second = [with_lidar]
+    if args.knn_alone:
+        alone = OnlineKNN()
+        time_method(alone, "on_validation_epoch_end", costs["OnlineKNN alone"])
+        second.insert(0, alone)
+    make_trainer(args, root, second, limit_val_batches=1).validate(
+        model, datamodule=data, verbose=False
+    )
+    costs[f"LiDAR (views 8, samples {args.lidar_samples})"] = [
+        costs.pop("monitor with LiDAR")[0] - costs["RepresentationRankMonitor"][0]
+    ]
     # The weight monitor at its defaults, measuring at step 2: its hooks' time at step 2 minus
     # at step 1 is what one measurement holds the training loop for.
     weights = WeightSpectrumMonitor(every_n_steps=2)
@@ -155,6 +178,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--epoch-steps", type=int, default=None, help="default: 50000 // batch")
     parser.add_argument("--accelerator", default="auto")
+    parser.add_argument(
+        "--lidar-samples", type=int, default=1000, help="LiDAR samples (8 views each)"
+    )
+    parser.add_argument("--knn-alone", action="store_true", help="also time OnlineKNN alone")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, else 32")
     args = parser.parse_args()
     if args.quick:
@@ -163,11 +190,18 @@ def main() -> None:
     args.precision = args.precision or ("bf16-mixed" if cuda else "32-true")
     epoch_steps = args.epoch_steps or CIFAR10_TRAIN // args.batch
 
-    torch.manual_seed(0)
-    spec = ViTSpec(preset="vit_tiny_32")
-    model = MAEPretraining(
-        vit=spec, img_size=32, decoder_dim=128, decoder_depth=4, decoder_heads=4, mask_ratio=0.75
-    )
+    def build(**kw) -> MAEPretraining:
+        torch.manual_seed(0)
+        spec = ViTSpec(preset="vit_tiny_32")
+        return MAEPretraining(
+            vit=spec, img_size=32, decoder_dim=128, decoder_depth=4, decoder_heads=4, **kw
+        )
+
+    model = build()
+    variants = {
+        "online_probe": build(online_probe=True, num_classes=10),
+        "uniformity": build(uniformity_weight=0.01),
+    }
     rep_default, weight_default, drop_default = (
         RepresentationRankMonitor(),
         WeightSpectrumMonitor(),
@@ -177,7 +211,7 @@ def main() -> None:
     data = SyntheticLowRank(
         num_classes=10,
         class_rank=4,
-        train_size=args.batch * (args.steps + 2),
+        train_size=max(args.batch * (args.steps + 2), 2000),  # LiDAR and k-NN bank subsets
         val_size=probe,
         batch_size=args.batch,
     )
@@ -190,7 +224,11 @@ def main() -> None:
         "RepresentationRankMonitor": rep_default.every_n_epochs * epoch_steps,
         "DropoutPenaltyMonitor": drop_default.every_n_epochs * epoch_steps,
         "WeightSpectrumMonitor": weight_default.every_n_steps,
+        "OnlineKNN": OnlineKNN().every_n_epochs * epoch_steps,
+        "OnlineKNN alone": OnlineKNN().every_n_epochs * epoch_steps,
+        f"LiDAR (views 8, samples {args.lidar_samples})": rep_default.every_n_epochs * epoch_steps,
     }
+    in_default_set = ("RepresentationRankMonitor", "DropoutPenaltyMonitor", "WeightSpectrumMonitor")
     times: dict[str, list[float]] = defaultdict(list)
     costs: dict[str, list[float]] = defaultdict(list)
     shares: dict[str, list[float]] = defaultdict(list)  # amortized % per round
@@ -203,6 +241,8 @@ def main() -> None:
             with_callbacks = step_times(args, model, data, root, default_callbacks())
             times["baseline"] += base
             times["callbacks"] += with_callbacks
+            for arm, variant in variants.items():
+                times[arm] += step_times(args, variant, data, root, [])
             round_costs = one_off_costs(args, model, data, root)
             base_step = statistics.median(base)
             for name, cost in round_costs.items():
@@ -211,7 +251,12 @@ def main() -> None:
                     shares[name].append(100 * max(cost, 0.0) / (every[name] * base_step))
             print(
                 f"  round {round_ + 1}: baseline {base_step:.4f} s/step, callbacks "
-                f"{statistics.median(with_callbacks):.4f} s/step, passes "
+                f"{statistics.median(with_callbacks):.4f} s/step, "
+                + "".join(
+                    f"{a} {statistics.median(times[a][-args.steps :]):.4f} s/step, "
+                    for a in variants
+                )
+                + "passes "
                 + ", ".join(f"{n} {c:.3f} s" for n, c in round_costs.items())
             )
 
@@ -231,11 +276,12 @@ def main() -> None:
             print(f"  {name:30s} {cost:9.3f} {'(of the pass)':>12s}")
             continue
         share = statistics.median(shares[name])
-        total += share
+        total += share if name in in_default_set else 0.0
         print(f"  {name:30s} {cost:9.3f} {every[name]:>6d} steps {share:9.2f}%")
     hooks = 100 * (statistics.median(times["callbacks"]) / base - 1)
     print(
-        f"\nAmortized overhead at the default schedule: {total:.2f}% (median over rounds of "
+        f"\nAmortized overhead of the default set (the first three) at the default schedule: "
+        f"{total:.2f}% (median over rounds of "
         f"pass time / (interval x baseline s/step), per callback, summed), assuming one "
         f"validation epoch per {epoch_steps} training steps (CIFAR-10: {CIFAR10_TRAIN} images / "
         f"batch {args.batch}). Per-step hook cost measured in the arms: {hooks:+.2f}% (noise "

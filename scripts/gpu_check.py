@@ -47,8 +47,8 @@ from maskrank.data import SyntheticLowRank  # noqa: E402
 from maskrank.data.base import available_cores  # noqa: E402
 from maskrank.models.mae import MaskedAutoencoder  # noqa: E402
 from maskrank.models.vit import ViTSpec  # noqa: E402
-from maskrank.tasks import MAEPretraining  # noqa: E402
 from maskrank.optim import adamw  # noqa: E402
+from maskrank.tasks import MAEPretraining  # noqa: E402
 
 # Nominal dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, from vendor data sheets.
 NOMINAL_BF16 = {

@@ -7,6 +7,8 @@ fit (or skips its step) before a NaN/inf loss or gradient reaches the weights, a
 
 from maskrank.callbacks.dropout import DropoutPenaltyMonitor
 from maskrank.callbacks.galore import GaLoreMonitor
+from maskrank.callbacks.knn import OnlineKNN
+from maskrank.callbacks.lidar_views import LidarSpec
 from maskrank.callbacks.lora import LoRASpectrumMonitor
 from maskrank.callbacks.nan_guard import NonFiniteGuard
 from maskrank.callbacks.reconstruction import ReconstructionLogger
@@ -17,8 +19,10 @@ from maskrank.callbacks.weights import WeightSpectrumMonitor
 __all__ = [
     "DropoutPenaltyMonitor",
     "GaLoreMonitor",
+    "LidarSpec",
     "LoRASpectrumMonitor",
     "NonFiniteGuard",
+    "OnlineKNN",
     "ReconstructionLogger",
     "RepresentationRankMonitor",
     "RngStateCheckpoint",

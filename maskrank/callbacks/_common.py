@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
@@ -136,9 +135,18 @@ def skip_nonfinite(
 
 
 def probe_images(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, n: int, owner: str, warned: set[str]
-) -> torch.Tensor | None:
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    n: int,
+    owner: str,
+    warned: set[str],
+    split: str = "heldout",
+    with_labels: bool = False,
+) -> Any:
     """The datamodule's fixed probe set of ``n`` images, normalized, on ``pl_module``'s device.
+
+    ``split="train"`` takes the fixed subset from the training split instead (unaugmented);
+    ``with_labels`` returns ``(images, labels int64 (N,) on the CPU)``.
 
     Returns float images (N, C, H, W) in the dtype of the module's floating parameters (so a
     ``bf16-true`` run gets bf16 input), or None with one warning (per ``owner``, tracked in
@@ -153,10 +161,10 @@ def probe_images(
                 f"{owner} needs a maskrank datamodule (with probe_batch and preprocess); skipped."
             )
         return None
-    raw, _ = dm.probe_batch(n)  # uint8 (N, C, H, W), a fixed held-out subset
+    raw, labels = dm.probe_batch(n, split) if split != "heldout" else dm.probe_batch(n)
     images = dm.preprocess(raw.to(pl_module.device), train=False)  # (N, C, H, W) float32
     dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), images.dtype)
-    return images.to(dtype)
+    return (images.to(dtype), labels) if with_labels else images.to(dtype)
 
 
 def log_from_rank_zero(

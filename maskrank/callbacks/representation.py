@@ -6,6 +6,9 @@ masking, through ``pl_module.encode`` (``MAEPretraining`` and ``ImageClassifier`
 Under DDP each rank embeds a contiguous shard, the features are gathered, and rank zero decomposes
 them, so the numbers do not depend on the number of devices.
 
+The probe features are shared with :class:`maskrank.callbacks.OnlineKNN` when both run after the
+same validation epoch (one forward pass; see :mod:`maskrank.callbacks._features`).
+
 Logged (``<where>`` = ``final_cls``, ``final_mean``, ``block03_cls``, ``block03_mean``, ``tokens``):
 
 * ``rank/<where>/<metric>`` scalars. For ``final_*`` and ``tokens``: ``effective_rank`` (RankMe, on
@@ -14,6 +17,9 @@ Logged (``<where>`` = ``final_cls``, ``final_mean``, ``block03_cls``, ``block03_
   ``participation_ratio``. Per block only ``effective_rank`` and ``stable_rank``, unless
   ``all_metrics`` (then per block the full set, and everywhere also ``nuclear_norm``,
   ``spectral_norm`` and ``frobenius_norm``, which depend on the feature scale).
+* with ``lidar``: ``rank/final_cls/lidar`` and ``rank/final_mean/lidar``, LiDAR (SCIENCE.md §9) of
+  ``lidar.views`` augmented views of ``lidar.samples`` fixed training images
+  (:mod:`maskrank.callbacks.lidar_views`).
 * ``spectrum/<where>`` histograms of the singular values (final features and tokens; every block
   too with ``all_metrics``) and a ``spectrum_plot/representation`` image: ``σ_k / σ_1`` against
   ``k`` (log scale) for the final features, and the effective rank of every block's CLS and mean
@@ -25,17 +31,29 @@ from __future__ import annotations
 import re
 
 import pytorch_lightning as pl
-import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from maskrank.callbacks._common import (
     due_after_validation,
-    eval_mode,
     log_from_rank_zero,
     observed,
     probe_images,
+    skip_nonfinite,
     tensorboard,
+)
+from maskrank.callbacks._features import (
+    clear_feature_cache,
+    embed_cached,
+    merge_shards,
+    shard_bounds,
+)
+from maskrank.callbacks.lidar_views import (
+    LidarSpec,
+    check_augmenting,
+    lidar_embeddings,
+    lidar_metrics,
 )
 from maskrank.metrics import (
     alpha_req,
@@ -51,18 +69,6 @@ __all__ = ["RepresentationRankMonitor", "merge_shards", "shard_bounds"]
 _FALLBACK_PROBE_SIZE = 2048  # when the module has no ``encoder.embed_dim`` to scale from
 _SCALE_METRICS = ("nuclear_norm", "spectral_norm", "frobenius_norm")
 _BLOCK_METRICS = ("effective_rank", "stable_rank")
-
-
-def shard_bounds(n: int, world: int) -> list[tuple[int, int]]:
-    """Contiguous ``[start, stop)`` shards of ``range(n)`` for ``world`` ranks (sizes differ <= 1)."""
-    sizes = [n // world + (1 if r < n % world else 0) for r in range(world)]
-    starts = [sum(sizes[:r]) for r in range(world)]
-    return [(s, s + size) for s, size in zip(starts, sizes, strict=True)]
-
-
-def merge_shards(gathered: Tensor, sizes: list[int]) -> Tensor:
-    """Undo the sharding: ``gathered`` (world, n_pad, ...) -> (sum(sizes), ...) in probe order."""
-    return torch.cat([gathered[r, :size] for r, size in enumerate(sizes)])
 
 
 class RepresentationRankMonitor(pl.Callback):
@@ -82,6 +88,8 @@ class RepresentationRankMonitor(pl.Callback):
             default keeps per-block tags to effective and stable rank.
         histograms: log singular-value histograms ``spectrum/<where>`` (TensorBoard only).
         plot: log the ``spectrum_plot/representation`` figure (TensorBoard only).
+        lidar: also log LiDAR, e.g. ``{views: 8, samples: 1000}`` (``LidarSpec``); None: off.
+            It embeds ``views x samples`` images, so it costs that many probe images.
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class RepresentationRankMonitor(pl.Callback):
         all_metrics: bool = False,
         histograms: bool = True,
         plot: bool = True,
+        lidar: LidarSpec | None = None,
     ) -> None:
         if every_n_epochs < 1 or batch_size < 1 or (probe_size is not None and probe_size < 2):
             raise ValueError(
@@ -108,6 +117,7 @@ class RepresentationRankMonitor(pl.Callback):
         self.all_metrics = all_metrics
         self.histograms = histograms
         self.plot = plot
+        self.lidar = lidar
         self.last_metrics: dict[str, float] = {}
         self._warned: set[str] = set()
 
@@ -116,13 +126,20 @@ class RepresentationRankMonitor(pl.Callback):
         return (
             f"every_n_epochs={self.every_n_epochs}, probe_size={self.probe_size}, "
             f"per_block={self.per_block}, token_matrix={self.token_matrix}, "
-            f"all_metrics={self.all_metrics}"
+            f"all_metrics={self.all_metrics}, lidar={self.lidar}"
         )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
     # ------------------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.lidar is not None:
+            check_augmenting(trainer.datamodule)
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        clear_feature_cache(trainer)
+
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not due_after_validation(trainer, self.every_n_epochs):
             return
@@ -134,10 +151,21 @@ class RepresentationRankMonitor(pl.Callback):
         if images is None:
             return
         features = self._gather_features(trainer, pl_module, images)  # every rank takes part
+        views = None
+        if self.lidar is not None:
+            views = lidar_embeddings(trainer, pl_module, self.lidar, self.batch_size)
         metrics = None
         if trainer.is_global_zero:
-            metrics, spectra = self._measure(features)
-            self._log_pictures(trainer, spectra, metrics)
+            measured = skip_nonfinite(trainer, type(self).__name__, lambda: self._measure(features))
+            if isinstance(measured, dict):  # skipped: non-finite features, logged as such
+                metrics = measured
+            else:
+                metrics, spectra = measured
+                if views is not None:
+                    metrics.update(
+                        skip_nonfinite(trainer, type(self).__name__, lambda: lidar_metrics(views))
+                    )
+                self._log_pictures(trainer, spectra, metrics)
         self.last_metrics = log_from_rank_zero(trainer, pl_module, metrics)
 
     # ------------------------------------------------------------------------------ features
@@ -148,40 +176,21 @@ class RepresentationRankMonitor(pl.Callback):
         width = getattr(getattr(pl_module, "encoder", None), "embed_dim", None)
         return 10 * int(width) if width else _FALLBACK_PROBE_SIZE
 
-    @torch.no_grad()
-    def _features(self, pl_module: pl.LightningModule, images: Tensor) -> dict[str, Tensor]:
-        """Unmasked features of ``images`` (n, C, H, W), float32: name -> (n, D) or (n, L, D)."""
-        parts: dict[str, list[Tensor]] = {}
-        with eval_mode(pl_module):
-            for chunk in images.split(self.batch_size):  # (b, C, H, W)
-                f = pl_module.encode(chunk)
-                out = {"final_cls": f.cls, "final_mean": f.patch_mean}  # (b, D) each
-                if self.per_block:
-                    for i, (cls, mean) in enumerate(zip(f.block_cls, f.block_mean, strict=True)):
-                        out[f"block{i:02d}_cls"] = cls  # (b, D)
-                        out[f"block{i:02d}_mean"] = mean  # (b, D)
-                if self.token_matrix:
-                    out["tokens"] = f.tokens  # (b, L, D)
-                for key, value in out.items():
-                    parts.setdefault(key, []).append(value.float())
-        return {key: torch.cat(chunks) for key, chunks in parts.items()}
-
     def _gather_features(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, images: Tensor
     ) -> dict[str, Tensor]:
-        """Features of the whole probe set on every rank: each rank embeds one contiguous shard."""
-        world = trainer.world_size
-        if world == 1:
-            return self._features(pl_module, images)
-        bounds = shard_bounds(images.shape[0], world)
-        sizes = [stop - start for start, stop in bounds]
-        start, stop = bounds[trainer.global_rank]
-        shard = images[start:stop]  # (n_r, C, H, W)
-        pad = max(sizes) - shard.shape[0]  # all_gather needs equal shapes
-        if pad:
-            shard = torch.cat([shard, images[:1].expand(pad, *images.shape[1:])])
-        gathered = pl_module.all_gather(self._features(pl_module, shard))  # (world, n_pad, ...)
-        return {key: merge_shards(value, sizes) for key, value in gathered.items()}
+        """Features of the whole probe set on every rank (one forward pass shared with the other
+        evaluation callbacks of this validation epoch)."""
+        name = ("heldout", images.shape[0])
+        features = embed_cached(
+            trainer, pl_module, name, images, self.batch_size, tokens=self.token_matrix
+        )
+        return {
+            key: value
+            for key, value in features.items()
+            if (self.per_block or not key.startswith("block"))
+            and (self.token_matrix or key != "tokens")
+        }
 
     # ------------------------------------------------------------------------------ metrics
     def _measure(self, features: dict[str, Tensor]) -> tuple[dict[str, float], dict[str, Tensor]]:
@@ -229,28 +238,38 @@ class RepresentationRankMonitor(pl.Callback):
             logger.experiment.add_figure("spectrum_plot/representation", figure, step, close=False)
 
 
-def spectrum_figure(spectra: dict[str, Tensor], metrics: dict[str, float]) -> Figure:
-    """Left: ``σ_k / σ_1`` against ``k`` (log) for final features; right: per-block effective rank.
+def spectrum_figure(
+    spectra: dict[str, Tensor], metrics: dict[str, float], floor: float = 1e-4
+) -> Figure:
+    """Left: ``σ_k / σ_1`` against ``k`` (log) for the final CLS token, the mean patch token and
+    the token matrix, down to ``floor`` (below it is numerical noise); right: effective rank per
+    block, for CLS and mean tokens, on integer block ticks.
 
     A pyplot-free Agg figure (no global matplotlib state, safe without a display).
     """
-    figure = Figure(figsize=(9.0, 3.4), dpi=80, layout="constrained")
+    labels = {"final_cls": "CLS token", "final_mean": "mean patch token", "tokens": "all tokens"}
+    figure = Figure(figsize=(10.0, 3.8), dpi=100, layout="constrained")
     left, right = figure.subplots(1, 2)
-    for where in ("final_cls", "final_mean", "tokens"):
+    for where, label in labels.items():
         if where in spectra:
             sv = spectra[where]  # (K,) descending
-            rel = (sv / sv[0].clamp_min(1e-300)).clamp_min(1e-12)
-            left.semilogy(range(1, sv.numel() + 1), rel.numpy(), label=where)
-    left.set(xlabel="k", ylabel="σ_k / σ_1", title="spectrum of final features")
-    left.legend(fontsize=8)
-    for kind in ("cls", "mean"):
+            rel = (sv / sv[0].clamp_min(1e-300)).clamp_min(floor / 10)
+            erank = metrics.get(f"rank/{where}/effective_rank")
+            suffix = "" if erank is None else f" (effective rank {erank:.1f})"
+            left.semilogy(range(1, sv.numel() + 1), rel.numpy(), label=label + suffix)
+    left.set_ylim(floor, 1.5)
+    left.set(xlabel="k", ylabel="σ_k / σ_1", title="singular values of the final features")
+    if left.has_data():
+        left.legend(fontsize=8)
+    for kind, label in (("cls", "CLS token"), ("mean", "mean patch token")):
         curve = sorted(
             (int(m.group(1)), value)
             for key, value in metrics.items()
             if (m := re.fullmatch(rf"rank/block(\d+)_{kind}/effective_rank", key))
         )  # [(block, effective rank)]
         if curve:
-            right.plot(*zip(*curve, strict=True), marker="o", label=kind)
+            right.plot(*zip(*curve, strict=True), marker="o", label=label)
+    right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set(xlabel="block", ylabel="effective rank", title="effective rank per block")
     if right.has_data():
         right.legend(fontsize=8)

@@ -243,17 +243,22 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
             self._resume = {k: int(v) for k, v in position.items()}
 
     # ----------------------------------------------------------------------------- device side
-    def preprocess(self, images_uint8: Tensor, train: bool) -> Tensor:
+    def preprocess(
+        self, images_uint8: Tensor, train: bool, generator: torch.Generator | None = None
+    ) -> Tensor:
         """Normalize ``(B, C, H, W)`` uint8 images; augment them too when ``train`` and ``augment``.
 
         Returns ``(B, C, image_size, image_size)`` float32 when augmenting, otherwise a float32
-        tensor of the input's shape. Runs on the input's device.
+        tensor of the input's shape. Runs on the input's device; the augmentation draws from
+        ``generator`` (on that device) when given, else from the device's global generator.
         """
         images = to_float(images_uint8, self.mean, self.std)  # (B, C, H, W) float32
         if train and self.augment:
-            images = random_resized_crop(images, self.image_size, scale=self.crop_scale)
+            images = random_resized_crop(
+                images, self.image_size, scale=self.crop_scale, generator=generator
+            )
             if self.hflip:
-                images = random_hflip(images)
+                images = random_hflip(images, generator=generator)
         return images
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -263,18 +268,19 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         return self.preprocess(images, train=training), labels
 
     # ----------------------------------------------------------------------------- probes
-    def probe_batch(self, n: int) -> tuple[Tensor, Tensor]:
-        """A fixed, seeded subset of ``n`` held-out images (uint8) and their labels.
+    def probe_batch(self, n: int, split: Split = "heldout") -> tuple[Tensor, Tensor]:
+        """A fixed, seeded subset of ``n`` images (uint8) of ``split`` and their labels.
 
         The same ``seed`` always gives the same images; a smaller ``n`` gives a prefix of a larger
-        one. ``n`` larger than the held-out split is clamped to its size.
+        one. ``n`` larger than the split is clamped to its size. ``split="train"`` (after
+        ``train_subset``) gives e.g. the labelled bank of a k-NN evaluation.
 
         Returns:
             ``(images uint8 (n, C, S, S), labels int64 (n,))``.
         """
         if n < 1:
             raise ValueError(f"probe_batch: n must be >= 1, got {n}")
-        data = self._split("heldout")
+        data = self._split(split)
         generator = torch.Generator().manual_seed(self.seed + _PROBE_SEED_OFFSET)
         indices = torch.randperm(len(data), generator=generator)[:n]  # (min(n, N),)
         return data.__getitems__(indices.tolist())

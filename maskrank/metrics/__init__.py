@@ -16,6 +16,8 @@ from maskrank.metrics.dropout_mf import (
     factorization_penalty_term,
     min_factorization_penalty,
 )
+from maskrank.metrics.knn import knn_accuracy, knn_predict
+from maskrank.metrics.lidar import LIDAR_DELTA, lda_matrix, lidar
 from maskrank.metrics.probe import linear_probe_accuracy
 from maskrank.metrics.projection import captured_energy
 from maskrank.metrics.spectrum import (
@@ -40,8 +42,10 @@ from maskrank.metrics.subspace import (
     top_singular_vectors,
     update_spectrum,
 )
+from maskrank.metrics.uniformity import uniformity_loss
 
 __all__ = [
+    "LIDAR_DELTA",
     "NonFiniteInputError",
     "RANKME_EPS",
     "DropoutMFOptimum",
@@ -60,6 +64,10 @@ __all__ = [
     "factorization_penalty",
     "factorization_penalty_term",
     "frobenius_norm",
+    "knn_accuracy",
+    "knn_predict",
+    "lda_matrix",
+    "lidar",
     "linear_probe_accuracy",
     "min_factorization_penalty",
     "moved_singular_values",
@@ -75,5 +83,6 @@ __all__ = [
     "stable_rank",
     "subspace_similarity",
     "top_singular_vectors",
+    "uniformity_loss",
     "update_spectrum",
 ]

@@ -241,13 +241,25 @@ class MaskedAutoencoder(nn.Module):
     ) -> torch.Tensor:
         """The loss of :meth:`forward` (same masks for the same generator) without predicting the
         visible patches: what the training step needs, computed with less work."""
+        return self.training_loss_and_latent(images, mask_ratio, strategy, generator)[0]
+
+    def training_loss_and_latent(
+        self,
+        images: torch.Tensor,
+        mask_ratio: float = 0.75,
+        strategy: Strategy = "random",
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`training_loss` and the encoder output it came from, latent (B, 1 + K, D)."""
         masking = make_masking(
             strategy, images.shape[0], self.grid, mask_ratio, images.device, generator
         )
-        pred = self.forward_decoder_masked(self.forward_encoder(images, masking), masking)
+        latent = self.forward_encoder(images, masking)  # (B, 1 + K, D)
+        pred = self.forward_decoder_masked(latent, masking)
         target = gather_tokens(self.target(images), masking.ids_masked)  # (B, L - K, P)
         sq = (pred - target).pow(2)  # every sample has L - K masked patches
-        return sq.sum() / max(1, sq.numel())  # mask ratio 0: no masked patch, loss 0 as in forward
+        # mask ratio 0: no masked patch, loss 0 as in forward
+        return sq.sum() / max(1, sq.numel()), latent
 
     def target(self, images: torch.Tensor) -> torch.Tensor:
         """The regression target (B, L, P): pixels, per-patch normalized if ``norm_pix_loss``."""
@@ -262,12 +274,24 @@ class MaskedAutoencoder(nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns ``(loss, pred (B, L, P), mask (B, L))``; the loss is on masked patches only."""
+        loss, pred, mask, _ = self.forward_with_latent(images, mask_ratio, strategy, generator)
+        return loss, pred, mask
+
+    def forward_with_latent(
+        self,
+        images: torch.Tensor,
+        mask_ratio: float = 0.75,
+        strategy: Strategy = "random",
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` plus the encoder output on the visible tokens, latent (B, 1 + K, D)."""
         masking = make_masking(
             strategy, images.shape[0], self.grid, mask_ratio, images.device, generator
         )
-        pred = self.forward_decoder(self.forward_encoder(images, masking), masking)
+        latent = self.forward_encoder(images, masking)  # (B, 1 + K, D)
+        pred = self.forward_decoder(latent, masking)
         loss = masked_mse(pred, self.target(images), masking.mask)
-        return loss, pred, masking.mask
+        return loss, pred, masking.mask, latent
 
     def encode(self, images: torch.Tensor) -> EncoderFeatures:
         """Unmasked features of all patches (call in eval mode for probes and rank metrics)."""

@@ -4,22 +4,30 @@ For a sweep directory (it has ``sweep.json``) the results are rebuilt from the f
 markers (so a half-finished sweep can be inspected), printed, and plotted: one PNG per metric
 (``plots/<metric>.png``) with a panel per swept key, and a scatter of every label-free
 effective-rank column against every accuracy column, with Spearman's rho. For a run directory (it
-has TensorBoard event files) the last value of every scalar is printed and the loss (and accuracy,
-effective-rank) curves are plotted. Plots use matplotlib's Agg backend (no display needed).
+has TensorBoard event files) the last value of every scalar is printed, every group of curves is
+plotted (loss, accuracy, final effective ranks, then one plot per tag group: rank, updates, grads,
+dropout, lora, galore, eval, ...; rank plots with the data's intrinsic rank as a dashed line when
+it is known), and RankMe / LiDAR are paired with k-NN and online-probe accuracy over the run's
+evaluations (table, Spearman's rho, ``plots/rank_vs_label.png``). Plots use matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from matplotlib.figure import Figure
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from maskrank.data.synthetic import SyntheticLowRank
 from maskrank.errors import ConfigError
 from maskrank.sweep.layout import SweepLayout
+from maskrank.sweep.rank_vs_label import rank_vs_label_report
 from maskrank.sweep.results import Table, correlations, last_scalars
 from maskrank.sweep.runner import write_outputs
 
@@ -27,6 +35,7 @@ __all__ = ["plot_run", "plot_sweep", "report"]
 
 _CURVES = {"loss": ("loss",), "accuracy": ("acc",), "effective_rank": ("effective_rank",)}
 _MAX_LINES = 8
+_MAX_GROUP_LINES = 12
 
 
 def _file_name(name: str) -> str:
@@ -107,23 +116,58 @@ def plot_sweep(table: Table, out_dir: Path) -> list[Path]:
     return written
 
 
-def plot_run(run_dir: Path, out_dir: Path) -> list[Path]:
-    """Curves of every loss (and accuracy, effective-rank) tag of a run against the step."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+def intrinsic_rank(run_dir: Path) -> int | None:
+    """The known intrinsic rank of a run's data (``SyntheticLowRank``: ``num_classes *
+    class_rank``, from the run's ``config.yaml``), or None when the data has none."""
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        data = config["data"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if not isinstance(data, dict) or not str(data.get("class_path", "")).endswith(
+        SyntheticLowRank.__name__
+    ):
+        return None
+    given = data.get("init_args") or {}
+    defaults = inspect.signature(SyntheticLowRank).parameters
+    k = given.get("num_classes", defaults["num_classes"].default)
+    d = given.get("class_rank", defaults["class_rank"].default)
+    return int(k) * int(d)
 
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "histograms": 1})
-    acc.Reload()
-    tags = acc.Tags().get("scalars", [])
-    written = []
+
+def _curve_groups(tags: Sequence[str]) -> dict[str, list[str]]:
+    """Plots of a run: loss / accuracy / final effective ranks, then one per tag group
+    (``rank``, ``updates``, ``grads``, ``weights``, ``dropout``, ``lora``, ``galore``,
+    ``eval``, ...), at most ``_MAX_GROUP_LINES`` curves each: a large group shows its
+    summary (``*_mean``) tags."""
+    groups: dict[str, list[str]] = {}
     for name, suffixes in _CURVES.items():
         chosen = [t for t in tags if t.rsplit("/", 1)[-1].startswith(suffixes)]
         if name == "effective_rank":
             chosen = [t for t in chosen if "/final_" in t]
-        if not chosen:
-            continue
-        figure = Figure(figsize=(6.0, 3.8), dpi=90, layout="constrained")
+        if chosen:
+            groups[name] = sorted(chosen)
+    for tag in sorted(tags):
+        if "/" in tag:
+            groups.setdefault(f"group_{tag.split('/', 1)[0]}", []).append(tag)
+    for name, chosen in groups.items():
+        if name.startswith("group_") and len(chosen) > _MAX_GROUP_LINES:
+            summary = [t for t in chosen if "_mean/" in t or "/mean/" in t or "final_" in t]
+            groups[name] = (summary or chosen)[:_MAX_GROUP_LINES]
+    return groups
+
+
+def plot_run(run_dir: Path, out_dir: Path) -> list[Path]:
+    """Every group of curves of a run against the step (see :func:`_curve_groups`); rank plots
+    carry a dashed line at the data's intrinsic rank when it is known."""
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "histograms": 1})
+    acc.Reload()
+    known_rank = intrinsic_rank(run_dir)
+    written = []
+    for name, chosen in _curve_groups(acc.Tags().get("scalars", [])).items():
+        figure = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
         ax = figure.subplots()
-        for tag in sorted(chosen):
+        for tag in chosen:
             events = acc.Scalars(tag)
             ax.plot(
                 [e.step for e in events],
@@ -132,7 +176,19 @@ def plot_run(run_dir: Path, out_dir: Path) -> list[Path]:
                 markersize=3,
                 label=tag,
             )
-        ax.set(xlabel="step", ylabel=name, title=f"{run_dir.parent.name}/{run_dir.name}: {name}")
+        if known_rank is not None and any("rank" in t.rsplit("/", 1)[-1] for t in chosen):
+            ax.axhline(
+                known_rank,
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label=f"intrinsic rank of the data ({known_rank})",
+            )
+        ax.set(
+            xlabel="step",
+            ylabel=name.removeprefix("group_"),
+            title=f"{run_dir.parent.name}/{run_dir.name}: {name.removeprefix('group_')}",
+        )
         ax.legend(fontsize=7)
         written.append(_save(figure, out_dir / f"{name}.png"))
     return written
@@ -168,5 +224,10 @@ def report(directory: str | Path, echo: Callable[[str], None] = print) -> list[P
             for tag in sorted(scalars):
                 echo(f"  {tag.ljust(width)}  {scalars[tag]:.6g}")
             written += plot_run(run, run / "plots")
+            table, figure = rank_vs_label_report(run, run / "plots")
+            echo(f"{run}: label-free ranks against label-based accuracy")
+            echo(table)
+            if figure is not None:
+                written.append(figure)
     echo("plots: " + (", ".join(str(p) for p in written) if written else "none (nothing to plot)"))
     return written

@@ -33,8 +33,8 @@ __all__ = [
     "write_tables",
 ]
 
-RANK_PATTERNS = ("rank/*effective_rank",)
-ACC_PATTERNS = ("val/acc*", "test/acc*", "probe/*acc*")
+RANK_PATTERNS = ("rank/*effective_rank", "rank/*lidar")
+ACC_PATTERNS = ("val/acc*", "test/acc*", "probe/*acc*", "eval/*acc*")
 
 
 def last_scalars(run_dir: Path) -> dict[str, float]:

@@ -1,7 +1,9 @@
 """MAE pretraining as a thin LightningModule (SCIENCE.md §5).
 
 Logged tags: ``train/loss``, ``train/mask_ratio``, ``val/loss`` (reconstruction loss on masked
-patches; validation masks with a fixed-seed generator so epochs are comparable).
+patches; validation masks with a fixed-seed generator so epochs are comparable); with
+``online_probe`` also ``train/online_probe_loss`` and ``eval/online_linear_acc``, with
+``uniformity_weight > 0`` also ``train/uniformity`` (SCIENCE.md §9, :mod:`maskrank.tasks.online_probe`).
 The learning rate follows MAE's rule ``lr = base_lr * effective_batch / 256`` unless ``lr`` is set.
 """
 
@@ -12,9 +14,11 @@ from dataclasses import asdict
 
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from maskrank.errors import ConfigError
+from maskrank.errors import ConfigError, check_interval
+from maskrank.metrics import uniformity_loss
 from maskrank.models.dropout import DropoutSpec
 from maskrank.models.dropout_apply import install_dropout
 from maskrank.models.features import EncoderFeatures
@@ -28,6 +32,7 @@ from maskrank.optim import (
     galore_targets,
     warmup_cosine_schedule,
 )
+from maskrank.tasks.online_probe import Feature, OnlineLinearProbe, latent_feature
 
 VAL_MASK_SEED = 1234
 
@@ -82,6 +87,19 @@ class MAEPretraining(pl.LightningModule):
         optimizer: ``adamw`` (default) or ``galore_adamw`` with ``rank``, ``update_proj_gap``,
             ``scale``, ``proj_type``, ``targets`` (``maskrank.optim.OptimizerSpec``; SCIENCE.md
             §8); every non-target parameter stays on AdamW.
+        num_classes: classes of the datamodule's labels; the CLI links it from the data (only
+            the online probe uses labels).
+        online_probe: train a linear probe (BatchNorm without affine parameters + linear) on the
+            detached ``probe_feature`` of the visible tokens, with the training batch's labels,
+            and log its accuracy on the validation batches (same fixed masks as ``val/loss``)
+            as ``eval/online_linear_acc``. Its gradients never reach the encoder.
+        probe_feature: ``cls`` (the CLS token) or ``mean`` (mean of the visible patch tokens).
+        probe_lr: the probe's learning rate (its own AdamW parameter group, no weight decay,
+            on the run's warmup-cosine schedule).
+        uniformity_weight: weight of the uniformity loss ``log mean exp(-2 ‖z_i - z_j‖²)`` of the
+            L2-normalized ``uniformity_feature`` over the batch (U-MAE), added to the training
+            objective and logged as ``train/uniformity``; 0 turns it off.
+        uniformity_feature: ``cls`` or ``mean``, as ``probe_feature``.
     """
 
     def __init__(
@@ -109,18 +127,29 @@ class MAEPretraining(pl.LightningModule):
         compile: bool = False,
         dropout: DropoutSpec | list[DropoutSpec] | None = None,
         optimizer: OptimizerSpec | None = None,
+        num_classes: int | None = None,
+        online_probe: bool = False,
+        probe_feature: Feature = "cls",
+        probe_lr: float = 1e-3,
+        uniformity_weight: float = 0.0,
+        uniformity_feature: Feature = "cls",
     ) -> None:
         super().__init__()
+        check_interval(uniformity_weight, "uniformity_weight", 0.0)
+        if online_probe and (num_classes is None or num_classes < 2):
+            raise ConfigError(
+                "{field} needs a datamodule with class labels (num_classes >= 2, linked from "
+                f"data.num_classes), got num_classes={num_classes}",
+                "online_probe",
+            )
+        if online_probe:
+            check_interval(probe_lr, "probe_lr", 0.0, low_open=True)
         spec = as_spec(vit)
         self.masking = MaskingSpec(mask_ratio, mask_ratio_range, mask_ratio_end, masking)
         optimizer_spec = as_optimizer_spec(optimizer)
         self.save_hyperparameters(ignore=["vit", "dropout", "optimizer"])
         self.hparams["optimizer"] = asdict(optimizer_spec)
         self.hparams["vit"] = asdict(spec)
-        # The CLI links data.num_classes into every model; LightningCLI records it among the
-        # given hyperparameters even though this task has no such argument. Drop it, or a
-        # checkpoint could not be re-instantiated (validate/test/resume with --ckpt_path).
-        self.hparams.pop("num_classes", None)
         encoder = spec.build(img_size=img_size, in_chans=in_chans, num_classes=0)
         self.mae = MaskedAutoencoder(
             encoder,
@@ -141,6 +170,11 @@ class MAEPretraining(pl.LightningModule):
             # In place, so parameter names (and checkpoints) stay those of the plain modules.
             for block in [*encoder.blocks, *self.mae.decoder_blocks]:
                 block.compile()
+        self.online_probe = (
+            OnlineLinearProbe(encoder.embed_dim, num_classes)
+            if online_probe and num_classes is not None
+            else None
+        )
         self._ratio_rng = random.Random(0)
         self._val_generator: torch.Generator | None = None
 
@@ -170,11 +204,12 @@ class MAEPretraining(pl.LightningModule):
         images = batch[0]
         ratio = self.current_mask_ratio()
         if self.explicit_dropout is None:
-            loss = self.mae.training_loss(images, ratio, self.masking.strategy)
+            loss, latent = self.mae.training_loss_and_latent(images, ratio, self.masking.strategy)
         else:  # its fc2 hooks average over every token the full decoder sees
             self.explicit_dropout.reset()
-            loss, _, _ = self.mae(images, ratio, self.masking.strategy)
+            loss, _, _, latent = self.mae.forward_with_latent(images, ratio, self.masking.strategy)
         self.log("train/loss", loss, prog_bar=True)
+        loss = loss + self._online_terms(latent, batch[1])
         if self.explicit_dropout is not None:
             penalty = self.explicit_dropout.pop()  # summed over the hooked fc2s
             self.log("train/dropout_penalty", penalty)
@@ -182,6 +217,21 @@ class MAEPretraining(pl.LightningModule):
         if self.masking.varies:
             self.log("train/mask_ratio", ratio)
         return loss
+
+    def _online_terms(self, latent: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Uniformity term and probe loss of the visible-token latent (B, 1 + K, D), 0-d."""
+        hp = self.hparams
+        extra = latent.new_zeros((), dtype=torch.float32)
+        if hp.uniformity_weight > 0:
+            uniformity = uniformity_loss(latent_feature(latent, hp.uniformity_feature).float())
+            self.log("train/uniformity", uniformity)
+            extra = extra + hp.uniformity_weight * uniformity
+        if self.online_probe is not None:  # detached inside: its loss only trains the probe
+            logits = self.online_probe(latent_feature(latent, hp.probe_feature))
+            probe_loss = F.cross_entropy(logits.float(), labels)
+            self.log("train/online_probe_loss", probe_loss)
+            extra = extra + probe_loss
+        return extra
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The per-batch mask-ratio draws (mask_ratio_range) come from their own generator; a
@@ -202,8 +252,14 @@ class MAEPretraining(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images = batch[0]
         ratio = self.masking.eval_ratio
-        loss, _, _ = self.mae(images, ratio, self.masking.strategy, self._val_generator)
+        loss, _, _, latent = self.mae.forward_with_latent(
+            images, ratio, self.masking.strategy, self._val_generator
+        )
         self.log("val/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
+        if self.online_probe is not None:
+            logits = self.online_probe(latent_feature(latent, self.hparams.probe_feature))
+            accuracy = (logits.argmax(dim=1) == batch[1]).float().mean()
+            self.log("eval/online_linear_acc", accuracy, batch_size=images.shape[0], sync_dist=True)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -213,6 +269,9 @@ class MAEPretraining(pl.LightningModule):
         optimizer = build_optimizer(
             self.mae, spec, lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw
         )
+        if self.online_probe is not None:  # its own lr, no weight decay; same schedule shape
+            params = list(self.online_probe.parameters())
+            optimizer.add_param_group({"params": params, "lr": hp.probe_lr, "weight_decay": 0.0})
         schedule = warmup_cosine_schedule(
             optimizer, total_steps, hp.warmup_fraction, hp.min_lr_ratio
         )

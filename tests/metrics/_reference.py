@@ -83,3 +83,27 @@ def participation(lam: np.ndarray) -> float:
 def assert_close(actual: float, expected: float, rel: float = 1e-4, what: str = "") -> None:
     """|actual - expected| <= rel * |expected| (with a tiny absolute floor for zeros)."""
     assert abs(actual - expected) <= rel * abs(expected) + 1e-12, (what, actual, expected)
+
+
+def lidar(e, delta: float = 1e-4) -> float:
+    """LiDAR (SCIENCE.md §9) from its definition: scatter matrices by explicit sums over samples
+    and views, Σ_w^{-1/2} from an SVD, effective rank of the LDA matrix's singular values."""
+    e = to_numpy(e)  # (n, q, D)
+    n, q, d = e.shape
+    mu_i = e.mean(axis=1)
+    mu = mu_i.mean(axis=0)
+    sb = sum(np.outer(m - mu, m - mu) for m in mu_i) / (n - 1)
+    sw = sum(np.outer(e[i, j] - mu_i[i], e[i, j] - mu_i[i]) for i in range(n) for j in range(q))
+    sw = sw / (n * (q - 1)) + delta * np.eye(d)
+    u, s, _ = np.linalg.svd(sw)  # symmetric positive definite: sw = u diag(s) uᵀ
+    w = u @ np.diag(s**-0.5) @ u.T
+    return erank(np.linalg.svd(w @ sb @ w, compute_uv=False))
+
+
+def uniformity(x, t: float = 2.0) -> float:
+    """log of the mean over ordered pairs i != j of exp(-t |z_i - z_j|^2), z unit rows."""
+    z = to_numpy(x)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z)
+    terms = [np.exp(-t * np.sum((z[i] - z[j]) ** 2)) for i in range(n) for j in range(n) if i != j]
+    return float(np.log(np.mean(terms)))

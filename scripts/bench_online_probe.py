@@ -1,0 +1,239 @@
+"""Which features should MAE's online linear probe read? Cost of three designs, and tracking.
+
+    python scripts/bench_online_probe.py                 # cost: 4 arms, 2 interleaved rounds
+    python scripts/bench_online_probe.py --track         # does the shipped probe track offline?
+    python scripts/bench_online_probe.py --track --data-root /work/shared/data/cifar10
+
+1. Cost (``MAEPretraining``, ViT-Tiny/4 MAE of configs/pretrain/mae_vit_tiny_cifar10.yaml, batch
+   128, SyntheticLowRank images): arms alternate round by round on copies of one model, validation
+   off; median seconds per training step (first step of each fit dropped):
+
+   * ``baseline``: no probe;
+   * ``visible``: the shipped design, the probe reads the CLS token of the training step's own
+     masked pass (the visible tokens), detached;
+   * ``unmasked/1``: an extra unmasked, gradient-free encoder pass every step feeds the probe;
+   * ``unmasked/10``: the same pass every 10th step (the probe trains on 1 batch in 10);
+   * ``uniformity``: no probe, ``uniformity_weight=0.01`` (the cost of the uniformity term).
+
+2. Tracking (``--track``): the quickstart MAE (vit_nano_32) pretrains with the shipped probe; after
+   every epoch the script prints the online accuracy (``eval/online_linear_acc``), the accuracy of
+   an offline logistic-regression probe (``maskrank.metrics.linear_probe_accuracy``) fitted on the
+   unmasked CLS features of ``--bank`` fixed training images and tested on ``--bank`` held-out
+   images, and the k-NN accuracy of OnlineKNN; then Spearman's rho between online and offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from maskrank.callbacks import OnlineKNN
+from maskrank.callbacks._common import eval_mode
+from maskrank.data import ImageFolderDataModule, SyntheticLowRank
+from maskrank.metrics import linear_probe_accuracy
+from maskrank.models.vit import ViTSpec
+from maskrank.sweep.results import spearman
+from maskrank.tasks import MAEPretraining
+
+
+class UnmaskedProbe(MAEPretraining):
+    """The alternative design: the probe reads an extra unmasked pass, every ``every`` steps."""
+
+    def __init__(self, every: int, **kw) -> None:
+        super().__init__(**kw)
+        self.every = every
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        probe, self.online_probe = self.online_probe, None  # the parent step without the probe
+        loss = super().training_step(batch, batch_idx)
+        self.online_probe = probe
+        if batch_idx % self.every == 0:
+            with torch.no_grad():
+                features = self.mae.encode(batch[0]).cls  # (B, D), all 1 + L tokens
+            loss = loss + F.cross_entropy(probe(features), batch[1])
+        return loss
+
+
+class StepTimer(pl.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._last is None:
+            self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        self.times.append(now - self._last)  # type: ignore[operator]
+        self._last = now
+
+
+def _trainer(root: Path, callbacks, **kw) -> pl.Trainer:
+    return pl.Trainer(
+        default_root_dir=root,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        **kw,
+    )
+
+
+def cost(args) -> None:
+    common = dict(vit=ViTSpec(preset="vit_tiny_32"), img_size=32, decoder_dim=128)
+    common.update(decoder_depth=4, decoder_heads=4, num_classes=10)
+
+    def build(cls=MAEPretraining, **kw):
+        torch.manual_seed(0)
+        return cls(**common, **kw)
+
+    arms = {
+        "baseline": build(),
+        "visible": build(online_probe=True),
+        "unmasked/1": build(UnmaskedProbe, every=1, online_probe=True),
+        "unmasked/10": build(UnmaskedProbe, every=10, online_probe=True),
+        "uniformity": build(uniformity_weight=0.01),
+    }
+    steps = args.steps
+    data = SyntheticLowRank(
+        num_classes=10, class_rank=4, train_size=128 * (steps + 2), val_size=64, batch_size=128
+    )
+    times: dict[str, list[float]] = defaultdict(list)
+    print(f"MAE vit_tiny_32, batch 128, cpu ({torch.get_num_threads()} threads)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            for arm, model in arms.items():
+                timer = StepTimer()
+                trainer = _trainer(Path(tmp), [timer], max_steps=steps + 1, limit_val_batches=0)
+                trainer.fit(copy.deepcopy(model), datamodule=data)
+                times[arm] += timer.times[1:]
+            print(
+                f"  round {round_ + 1}: "
+                + ", ".join(f"{a} {statistics.median(t[-steps:]):.3f}" for a, t in times.items())
+            )
+    base = statistics.median(times["baseline"])
+    print(f"\n{'arm':12s} {'steps':>6s} {'median s/step':>14s} {'IQR':>15s} {'overhead':>9s}")
+    for arm, values in times.items():
+        q = statistics.quantiles(values, n=4)
+        step = statistics.median(values)
+        print(
+            f"{arm:12s} {len(values):6d} {step:14.4f} {q[0]:7.3f}-{q[2]:.3f} "
+            f"{100 * (step / base - 1):+8.1f}%"
+        )
+
+
+class OfflineProbe(pl.Callback):
+    """After every validation: offline linear-probe accuracy of unmasked CLS features."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.rows: list[dict[str, float]] = []
+
+    @torch.no_grad()
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        dm = trainer.datamodule
+        feats = {}
+        for split in ("train", "heldout"):
+            raw, labels = dm.probe_batch(self.n, split)
+            images = dm.preprocess(raw, train=False)
+            with eval_mode(pl_module):
+                cls = torch.cat([pl_module.encode(c).cls for c in images.split(256)])
+            feats[split] = (cls, labels)
+        offline = linear_probe_accuracy(*feats["train"], *feats["heldout"])
+        self.rows.append({"epoch": trainer.current_epoch, "offline": offline})
+
+
+def track(args) -> None:
+    if args.data_root:
+        data = ImageFolderDataModule(
+            root=args.data_root, train_subset=args.train_size, batch_size=128, crop_scale=(0.2, 1)
+        )
+    else:
+        data = SyntheticLowRank(
+            num_classes=10, class_rank=4, train_size=args.train_size, val_size=1000, batch_size=128
+        )
+    pl.seed_everything(0)
+    model = MAEPretraining(
+        vit=ViTSpec(preset="vit_nano_32"),
+        img_size=32,
+        decoder_dim=64,
+        decoder_depth=2,
+        decoder_heads=2,
+        lr=2e-3,
+        warmup_fraction=0.1,
+        online_probe=True,
+        num_classes=data.num_classes,
+        probe_lr=args.probe_lr,
+    )
+    offline, knn = OfflineProbe(args.bank), OnlineKNN(every_n_epochs=1, bank_size=args.bank)
+    online: list[float] = []
+    knn_rows: list[float] = []
+    measure = knn.measure
+
+    def recording(*a):
+        out = measure(*a)
+        knn_rows.append(out["eval/knn_acc/final_cls"])
+        return out
+
+    knn.measure = recording  # type: ignore[method-assign]
+
+    class Online(pl.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                online.append(float(trainer.callback_metrics["eval/online_linear_acc"]))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _trainer(
+            Path(tmp),
+            [offline, knn, Online()],
+            max_epochs=args.epochs,
+            limit_val_batches=args.bank // 128 + 1,
+        )
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        print(f"fit: {time.perf_counter() - start:.0f} s")
+    print(
+        "\n| epoch | online (visible CLS) | offline linear (unmasked CLS) | k-NN (unmasked CLS) |"
+    )
+    print("| ---: | ---: | ---: | ---: |")
+    for row, acc, k in zip(offline.rows, online, knn_rows, strict=False):
+        print(f"| {row['epoch']} | {acc:.3f} | {row['offline']:.3f} | {k:.3f} |")
+    offs = [r["offline"] for r in offline.rows]
+    print(f"\nSpearman rho online vs offline over epochs: {spearman(online, offs)}")
+    print(f"Spearman rho k-NN vs offline over epochs: {spearman(knn_rows, offs)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--track", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train-size", type=int, default=5000)
+    parser.add_argument("--bank", type=int, default=1000)
+    parser.add_argument("--probe-lr", type=float, default=1e-3)
+    parser.add_argument("--data-root", default=None)
+    args = parser.parse_args()
+    if args.track:
+        track(args)
+    else:
+        cost(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Online linear probe and uniformity term of MAEPretraining (SCIENCE.md §9)."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from maskrank.data import SyntheticLowRank
+from maskrank.errors import ConfigError
+from maskrank.metrics import uniformity_loss
+from maskrank.models.vit import ViTSpec
+from maskrank.tasks import ImageClassifier, MAEPretraining
+from tests_helpers import TINY_VIT
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(single_thread):
+    """Tiny models: one intra-op thread is faster on a busy machine."""
+
+
+def _mae(**kw) -> MAEPretraining:
+    torch.manual_seed(0)
+    args = dict(vit=ViTSpec(**TINY_VIT, proj_drop_rate=0.1), img_size=32, decoder_dim=32)
+    return MAEPretraining(**args, decoder_depth=1, decoder_heads=2, lr=1e-3, **kw)
+
+
+def _data() -> SyntheticLowRank:
+    return SyntheticLowRank(num_classes=4, class_rank=2, train_size=64, val_size=32, batch_size=16)
+
+
+def _fit(tmp_path, model: MAEPretraining, epochs: int = 2) -> pl.Trainer:
+    pl.seed_everything(0)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    trainer.fit(model, datamodule=_data())
+    return trainer
+
+
+def test_online_probe_leaves_the_encoder_bit_identical(tmp_path):
+    plain = _mae()
+    _fit(tmp_path, plain)
+    probed = _mae(online_probe=True, num_classes=4, probe_lr=0.05)
+    before = {k: v.clone() for k, v in probed.online_probe.state_dict().items()}
+    trainer = _fit(tmp_path, probed)
+    reference = plain.state_dict()
+    weights = probed.state_dict()
+    assert set(weights) - set(reference) == {f"online_probe.{k}" for k in before}
+    for key, value in reference.items():  # encoder, decoder and mask token alike
+        assert torch.equal(value, weights[key]), key
+    # ... while the probe itself trained and reported an accuracy
+    assert not torch.equal(before["linear.weight"], probed.online_probe.linear.weight)
+    assert 0.0 <= float(trainer.callback_metrics["eval/online_linear_acc"]) <= 1.0
+    assert "train/online_probe_loss" in trainer.callback_metrics
+
+
+def test_probe_has_its_own_param_group_without_weight_decay(tmp_path):
+    model = _mae(online_probe=True, num_classes=4, probe_lr=0.02, weight_decay=0.05)
+    trainer = _fit(tmp_path, model, epochs=1)
+    groups = trainer.optimizers[0].param_groups
+    probe_ids = {id(p) for p in model.online_probe.parameters()}
+    probe_groups = [g for g in groups if {id(p) for p in g["params"]} & probe_ids]
+    assert len(probe_groups) == 1 and {id(p) for p in probe_groups[0]["params"]} == probe_ids
+    assert probe_groups[0]["weight_decay"] == 0.0 and probe_groups[0]["initial_lr"] == 0.02
+    others = {id(p) for g in groups if g is not probe_groups[0] for p in g["params"]}
+    assert others == {id(p) for p in model.mae.parameters() if p.requires_grad}
+
+
+def _colour_classes(n: int, seed: int) -> DataLoader:
+    """4 classes told apart by their mean colour (linearly separable), plus pixel noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    colours = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [-1.0, -1.0, -1.0]])
+    images = colours[labels][:, :, None, None] + 0.5 * torch.randn(n, 3, 32, 32, generator=g)
+    return DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=False)
+
+
+def test_online_probe_learns_separable_classes(tmp_path):
+    model = _mae(online_probe=True, num_classes=4, probe_lr=0.05, probe_feature="mean")
+    pl.seed_everything(0)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, _colour_classes(64, 0), _colour_classes(32, 1))
+    # chance is 0.25 (4 balanced classes)
+    assert float(trainer.callback_metrics["eval/online_linear_acc"]) >= 0.9
+
+
+def test_uniformity_term_is_added_to_the_objective():
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(8, dtype=torch.long)
+    plain, weighted = _mae(), _mae(uniformity_weight=0.5)
+    weighted.load_state_dict(plain.state_dict())
+    losses = {}
+    for name, model in (("plain", plain), ("weighted", weighted)):
+        torch.manual_seed(1)
+        with pytest.warns(UserWarning, match="self.log"):  # no trainer attached here
+            losses[name] = model.training_step((images, labels), 0)
+    torch.manual_seed(1)
+    _, latent = plain.mae.training_loss_and_latent(images, 0.75)
+    expected = losses["plain"] + 0.5 * uniformity_loss(latent[:, 0])
+    assert losses["weighted"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_uniformity_logged_during_fit(tmp_path):
+    trainer = _fit(tmp_path, _mae(uniformity_weight=0.1, uniformity_feature="mean"), epochs=1)
+    value = float(trainer.callback_metrics["train/uniformity"])
+    assert -4.0 <= value <= 0.0  # log mean exp(-2 d²), d² in [0, 4]
+
+
+def test_encoder_of_a_probed_run_loads_into_the_classifier(tmp_path):
+    model = _mae(online_probe=True, num_classes=4)
+    path = tmp_path / "mae.ckpt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    clf = ImageClassifier(vit=ViTSpec(**TINY_VIT), num_classes=4, img_size=32, encoder_ckpt=path)
+    for key, value in model.encoder.state_dict().items():
+        if not key.startswith("head"):
+            assert torch.equal(value, clf.model.state_dict()[key]), key
+
+
+def test_bad_settings_name_the_flag():
+    with pytest.raises(ConfigError, match="model.init_args.uniformity_weight"):
+        _mae(uniformity_weight=-0.1)
+    with pytest.raises(ConfigError, match="model.init_args.online_probe.*class labels"):
+        _mae(online_probe=True)
+    with pytest.raises(ConfigError, match="model.init_args.probe_lr"):
+        _mae(online_probe=True, num_classes=4, probe_lr=0.0)
