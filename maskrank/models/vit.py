@@ -52,8 +52,8 @@ def _resolve_preset(preset: str) -> tuple[str, dict[str, Any]]:
 
 
 def _validate(kwargs: dict[str, Any]) -> None:
-    """What only the built model can tell: the patch against the image size, the preset's width
-    against the heads."""
+    """The keywords of a model about to be built: the patch against the image size, the width
+    against the heads, the drop rates."""
     img, patch = kwargs.get("img_size", 224), kwargs.get("patch_size", 16)
     if not isinstance(patch, int) or patch < 1 or img % patch:
         raise ConfigError(
@@ -66,6 +66,9 @@ def _validate(kwargs: dict[str, Any]) -> None:
         raise ConfigError(
             f"embed_dim {dim} must be divisible by num_heads {heads} ({{field}})", "vit"
         )
+    for key in ("drop_rate", "attn_drop_rate", "proj_drop_rate", "drop_path_rate", "pos_drop_rate"):
+        if kwargs.get(key) is not None:  # build_vit's own keywords (a ViTSpec checked its own)
+            check_interval(kwargs[key], f"vit.{key}", 0.0, 1.0)
 
 
 def build_vit(

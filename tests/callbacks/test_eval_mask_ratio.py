@@ -31,14 +31,14 @@ def test_validation_monitors_and_pictures_use_the_same_ratio(tmp_path, end):
         mask_ratio_end=end,
     )
     evaluated: list[float] = []
-    forward = model.mae.forward
+    forward = model.mae.forward_with_latent  # what forward, validation and monitors call
 
     def spy(images, mask_ratio, *args, **kwargs):
         if not model.mae.training:  # validation, monitors and pictures run in eval mode
             evaluated.append(mask_ratio)
         return forward(images, mask_ratio, *args, **kwargs)
 
-    model.mae.forward = spy
+    model.mae.forward_with_latent = spy
     trainer = pl.Trainer(
         max_epochs=1,
         logger=TensorBoardLogger(tmp_path),
