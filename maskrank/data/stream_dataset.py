@@ -5,10 +5,10 @@
   image seeded by ``(seed, epoch, index)``, or a centre crop for held-out data. A sample that cannot
   be read or decoded raises one line naming the split, the shard file and the sample index.
 * :class:`PositionedStreamingLoader` starts its first iteration at a position the trainer counted
-  (epoch, batches already trained on), through litdata's own ``load_state_dict``. The position comes
-  from the trainer's counters, not from the loader's count of yielded batches, because Lightning
-  fetches one batch ahead of the step it trains: a checkpoint written after step ``k`` would find
-  ``k + 1`` batches yielded and a resumed run would skip one.
+  (epoch, batches already trained on), through litdata's own ``load_state_dict``. The position is
+  the trainer's count of batches trained on (:func:`~maskrank.data.order.resume_position`, as for
+  the in-memory datamodules), not the loader's count of batches handed out, which runs ahead of
+  training whenever batches are fetched in advance.
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ class PositionedStreamingLoader(StreamingDataLoader):
     ``start_epoch`` is Lightning's 0-based epoch (litdata counts from 1) and ``skip_batches`` the
     batches of it already trained on. The position is handed to litdata's ``load_state_dict``
     just before the first iteration, when the dataset has resolved its folders, so litdata replays
-    its shard assignment and skips exactly those samples on every rank and worker.
+    its shard assignment and skips exactly those samples on every rank and worker; every later
+    iteration is a whole new epoch.
 
     Its ``state_dict`` is empty: the position travels in the datamodule's state (see the module
     docstring), and Lightning's call of ``load_state_dict`` with that empty state is ignored.
@@ -146,6 +147,11 @@ class PositionedStreamingLoader(StreamingDataLoader):
             epoch, skip = self._pending
             self._pending = None
             self._start_at(epoch, skip)
+        else:
+            # Every later iteration is a fresh epoch. litdata clears its ``restore`` flag only
+            # when an epoch's iterator is exhausted, but Lightning stops a sized loader after
+            # ``len(loader)`` batches without exhausting it, which would replay the resumed epoch.
+            self.restore = False
         return super().__iter__()
 
     def _start_at(self, epoch: int, skip: int) -> None:

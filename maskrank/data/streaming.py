@@ -145,11 +145,14 @@ class StreamingDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------------------- loaders
     def _loader(self, split: str, **kwargs: Any) -> PositionedStreamingLoader:
+        """A loader over ``split``; it owns its generator, so iterating it never advances the
+        global RNG that masking and dropout draw from (see :mod:`maskrank.data.order`)."""
         return PositionedStreamingLoader(
             self._stream(split),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             collate_fn=stack_pairs,
+            generator=torch.Generator().manual_seed(self.seed),
             **kwargs,
         )
 
