@@ -156,8 +156,8 @@ def class_names(data: Dataset, label: str, num_classes: int | None, where: str) 
                 f"{label!r} has {len(names)} classes"
             )
         return names
-    labels = data.with_format("numpy")[label]
-    low, high = int(labels.min()), int(labels.max())
+    values = [int(v) for v in data.unique(label)]  # one Arrow pass
+    low, high = min(values), max(values)
     if low < 0:
         raise ConfigError(f"{where}: label column {label!r} holds a negative label ({low})")
     count = high + 1 if num_classes is None else num_classes
