@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from maskrank.cli import main
 from maskrank.data import StreamingDataModule
 from maskrank.data.encoded import sample_seed, train_crop
 from maskrank.data.optimize import data_command
@@ -162,3 +163,13 @@ def test_batch_larger_than_the_data_and_a_model_with_another_head_are_one_line(o
     dm.trainer = Trainer()  # type: ignore[assignment]
     with pytest.raises(ConfigError, match="has 4 classes but the model's head has 10"):
         dm.setup("fit")
+
+
+def test_bad_streaming_input_through_the_cli_is_one_line(tmp_path, capsys):
+    fit = ["fit", "--model", "MAEPretraining", "--data", "StreamingDataModule"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*fit, f"--data.root={tmp_path / 'nowhere'}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("maskrank: error: --data.root"), err
+    assert "does not exist" in err[0]
