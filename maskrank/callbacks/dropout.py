@@ -38,6 +38,7 @@ from maskrank.callbacks._common import (
     log_from_rank_zero,
     module_type_name,
     probe_images,
+    sharded_skip,
     short_module_name,
 )
 from maskrank.metrics import dropout_penalty, equalization_score
@@ -107,6 +108,8 @@ class DropoutPenaltyMonitor(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not due_after_validation(trainer, self.every_n_epochs):
+            return
+        if sharded_skip(trainer, type(self).__name__, self._warned):
             return
         mlps = find_mlps(pl_module)
         if not mlps:

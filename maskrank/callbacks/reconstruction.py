@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 from torchvision.utils import make_grid
 
+from maskrank.callbacks._common import sharded_skip
 from maskrank.models.mae import patchify, unpatchify
 
 VIS_SEED = 0
@@ -59,6 +60,7 @@ class ReconstructionLogger(pl.Callback):
         self.num_images = num_images
         self.mask_ratio = mask_ratio
         self._images: torch.Tensor | None = None
+        self._warned: set[str] = set()
 
     def _probe(self, trainer: pl.Trainer) -> torch.Tensor | None:
         if self._images is None:
@@ -73,6 +75,8 @@ class ReconstructionLogger(pl.Callback):
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if sharded_skip(trainer, type(self).__name__, self._warned):
             return
         logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
         mae = getattr(pl_module, "mae", None)
