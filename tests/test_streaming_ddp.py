@@ -1,5 +1,6 @@
 """optimize -> stream under 2 DDP processes (gloo, CPU): every training image exactly once per epoch
-across the ranks, none on two ranks, in a new order each epoch, with random crops on."""
+across the ranks, none on two ranks, in a new order each epoch, with random crops on; and a fit that
+crashes mid-epoch on both ranks resumes from its checkpoint to the uninterrupted run's weights."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from maskrank.callbacks import RngStateCheckpoint
 from maskrank.data import StreamingDataModule
 from maskrank.data.optimize import optimize_dataset
-from maskrank.tasks import ImageClassifier
+from maskrank.tasks import MAEPretraining
+from resume_helpers import CrashAt, max_abs_diff, tiny_mae_model
 from streaming_helpers import write_image_folder
-from tests_helpers import TINY_VIT
 
 
 class SeenIds(Callback):
@@ -33,30 +35,37 @@ class SeenIds(Callback):
             handle.write("".join(f"{int(i)}\n" for i in ids))
 
 
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:.*IterableDataset.*", "ignore:.*sync_dist.*")
-def test_two_processes_stream_every_image_once_per_epoch(tmp_path):
-    src = write_image_folder(tmp_path / "src", train=64, val=16)
-    optimize_dataset(str(src), str(tmp_path / "out"), workers=1, progress=False)
-    seen = tmp_path / "seen"
-    seen.mkdir()
+def _fit(root: Path, tmp_path: Path, *callbacks: Callback, ckpt_path: str | None = None) -> dict:
+    """A 2-process ddp_spawn fit of the tiny MAE (2 epochs x 4 steps); rank 0's final weights."""
     pl.seed_everything(0)
-    data = StreamingDataModule(str(tmp_path / "out"), image_size=32, batch_size=8, num_workers=0)
-    model = ImageClassifier(vit=TINY_VIT, num_classes=4, img_size=32)
+    data = StreamingDataModule(str(root), image_size=32, batch_size=8, num_workers=0)
+    model = MAEPretraining(**tiny_mae_model()["init_args"], img_size=32, lr=3e-3)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
         strategy="ddp_spawn",
         max_epochs=2,
         logger=False,
-        enable_checkpointing=False,
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        callbacks=[SeenIds(seen)],
+        callbacks=[RngStateCheckpoint(), *callbacks],
     )
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}  # back from rank 0
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*IterableDataset.*", "ignore:.*sync_dist.*")
+def test_two_processes_stream_every_image_once_per_epoch_and_resume_exactly(tmp_path):
+    src = write_image_folder(tmp_path / "src", train=64, val=16)
+    root = tmp_path / "out"
+    optimize_dataset(str(src), str(root), workers=1, progress=False)
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    reference = _fit(root, tmp_path, SeenIds(seen))
 
     orders = []
     for epoch in (0, 1):
@@ -68,4 +77,16 @@ def test_two_processes_stream_every_image_once_per_epoch(tmp_path):
         assert sorted(ranks[0] + ranks[1]) == list(range(64))
         orders.append(ranks[0] + ranks[1])
     assert orders[0] != orders[1]
-    assert torch.isfinite(torch.tensor(float(trainer.callback_metrics["train/loss"])))
+
+    # crash after step 5 on both ranks; the step-3 checkpoint is 3 batches into epoch 0
+    checkpoints = ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=3, save_last=True)
+    with pytest.raises(Exception, match="simulated crash"):
+        _fit(root, tmp_path, checkpoints, CrashAt(5))
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    checkpoints = ModelCheckpoint(tmp_path / "ckpt2", every_n_train_steps=3, save_last=True)
+    resumed = _fit(root, tmp_path, checkpoints, ckpt_path=str(last))
+    assert max_abs_diff(resumed, reference) == 0.0
+    pl.seed_everything(0)
+    initial = MAEPretraining(**tiny_mae_model()["init_args"], img_size=32, lr=3e-3).state_dict()
+    assert max_abs_diff(reference, initial) > 1e-4  # the weights did come back from training

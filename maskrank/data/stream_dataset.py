@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import json
 import os
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,7 +103,7 @@ class ImageStream(StreamingDataset):
         try:
             sample = super().__getitem__(index)
             data, label, source_index = sample["image"], int(sample["label"]), sample["index"]
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, RuntimeError, KeyError, TypeError, struct.error) as exc:
             where = f"{self.where}: sample {position} in shard {self._shard_of(position)}"
             raise CorruptImageError(f"{where} cannot be read ({one_line(exc)})") from None
         where = f"{self.where}: sample {position} in shard {self._shard_of(position)}"

@@ -112,25 +112,29 @@ class StreamingDataModule(pl.LightningDataModule):
         self.augment, self.crop_scale, self.hflip = augment, crop_scale, hflip
         self.seed, self.cache_dir, self.max_cache_size = seed, cache_dir, max_cache_size
         self._streams: dict[str, ImageStream] = {}
+        self._probe: ImageStream | None = None  # random access to the held-out split
         self._resume: dict[str, int] | None = None  # set by load_state_dict, used once
 
     # ----------------------------------------------------------------------------- splits
     def _stream(self, split: str) -> ImageStream:
         """The split's dataset, built on first use (after DDP started: litdata reads the ranks)."""
         if split not in self._streams:
-            self._streams[split] = ImageStream(
-                join(self.root, split),
-                train=split == "train",
-                image_size=self.image_size,
-                in_chans=self.in_chans,
-                augment=self.augment,
-                crop_scale=self.crop_scale,
-                hflip=self.hflip,
-                seed=shuffle_seed(self.seed),
-                cache_dir=self.cache_dir,
-                max_cache_size=self.max_cache_size,
-            )
+            self._streams[split] = self._new_stream(split)
         return self._streams[split]
+
+    def _new_stream(self, split: str) -> ImageStream:
+        return ImageStream(
+            join(self.root, split),
+            train=split == "train",
+            image_size=self.image_size,
+            in_chans=self.in_chans,
+            augment=self.augment,
+            crop_scale=self.crop_scale,
+            hflip=self.hflip,
+            seed=shuffle_seed(self.seed),
+            cache_dir=self.cache_dir,
+            max_cache_size=self.max_cache_size,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Check the model's head against the classes; refuse a batch larger than the data."""
@@ -212,7 +216,13 @@ class StreamingDataModule(pl.LightningDataModule):
         """
         if n < 1:
             raise ValueError(f"probe_batch: n must be >= 1, got {n}")
-        stream = self._stream("val")
+        if self._probe is None:
+            # Its own dataset, not the loader's. ``iter()`` sets it up to fetch whole chunks into
+            # the cache: litdata's default for random access reads byte ranges on demand, which
+            # fails for a ``local:`` URL.
+            self._probe = self._new_stream("val")
+            iter(self._probe)
+        stream = self._probe
         generator = torch.Generator().manual_seed(self.seed + _PROBE_SEED_OFFSET)
         indices = torch.randperm(self.meta.splits["val"], generator=generator)[:n]  # (n,)
         pairs = [stream[int(i)] for i in indices]

@@ -173,3 +173,16 @@ def test_bad_streaming_input_through_the_cli_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("maskrank: error: --data.root"), err
     assert "does not exist" in err[0]
+
+
+def test_a_url_root_streams_through_the_cache_and_serves_probes(optimized, tmp_path):
+    src, out = optimized
+    dm = StreamingDataModule(
+        f"local:{out}", image_size=32, batch_size=8, num_workers=0, cache_dir=str(tmp_path / "c")
+    )
+    dm.setup("fit")
+    ids, _ = _epoch_ids(dm.train_dataloader())
+    assert sorted(ids) == list(range(64))
+    probe, labels = dm.probe_batch(4)
+    local, _ = StreamingDataModule(str(out), image_size=32).probe_batch(4)
+    assert torch.equal(probe, local) and labels.tolist() == [i % 4 for i in identities(probe)]
