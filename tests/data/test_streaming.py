@@ -135,14 +135,17 @@ def test_a_streaming_root_that_does_not_exist_is_one_line(tmp_path, root):
     assert root in message and "maskrank data optimize" in message and "\n" not in message
 
 
-def test_a_corrupt_sample_is_named_by_shard_and_index(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_corrupt_sample_is_named_by_shard_and_index(tmp_path, workers):
     src = write_image_folder(tmp_path / "src", train=16, val=4)
     victim = sorted((src / "train").glob("*/*.png"))[5]
     victim.write_bytes(b"not an image at all")
     data_command(["optimize", "--src", str(src), "--out", str(tmp_path / "out")])
-    dm = StreamingDataModule(str(tmp_path / "out"), image_size=32, batch_size=4, num_workers=0)
+    dm = StreamingDataModule(
+        str(tmp_path / "out"), image_size=32, batch_size=4, num_workers=workers
+    )
     dm.setup("fit")
-    with pytest.raises(CorruptFileError) as error:
+    with pytest.raises(CorruptFileError) as error:  # also when raised in a loader worker
         list(dm.train_dataloader())
     message = str(error.value)
     assert "sample 5 in shard chunk-0-0.bin" in message and "train" in message
