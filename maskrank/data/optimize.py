@@ -188,7 +188,9 @@ def _parser() -> argparse.ArgumentParser:
     optimize = commands.add_parser(
         "optimize",
         help="convert an ImageFolder or Hugging Face dataset folder into litdata chunks",
-        description=__doc__.split("::")[0].strip(),
+        description="Convert an ImageFolder or a Hugging Face dataset folder into litdata "
+        "chunks for StreamingDataModule. A non-empty --out is refused unless --overwrite; an "
+        "interrupted conversion continues when run again with the same --src and --out.",
     )
     optimize.add_argument("--src", required=True, help="ImageFolder or Hugging Face dataset folder")
     optimize.add_argument("--out", required=True, help="output folder (must be empty)")
