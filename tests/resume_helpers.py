@@ -5,6 +5,9 @@ They only observe or stop training: they never touch the weights or draw random 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -114,3 +117,35 @@ def max_abs_diff(a: dict, b: dict) -> float:
     """The largest absolute difference between two state dicts with the same keys."""
     assert a.keys() == b.keys()
     return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+# Subprocess fits (the SIGKILL tests): command, environment, flags and waiting.
+
+
+def recorded_flags(log: Path, final: Path, pause_at: int | None = None) -> list[str]:
+    """Flags adding a StepRecorder (see resume_helpers) to a fit."""
+    flags = [
+        "--trainer.callbacks+=resume_helpers.StepRecorder",
+        f"--trainer.callbacks.log={log}",
+        f"--trainer.callbacks.final={final}",
+    ]
+    return flags if pause_at is None else [*flags, f"--trainer.callbacks.pause_at={pause_at}"]
+
+
+def fit_command(cfg: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "maskrank", "fit", "-c", str(cfg), *flags]
+
+
+def subprocess_env() -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def wait_for(predicate, process: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"the fit exited (status {process.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -13,9 +13,17 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from test_resume import _env, _fit_command, _recorded, _wait_for
 
-from resume_helpers import max_abs_diff, read_steps, tiny_mae_model, write_config
+from resume_helpers import (
+    fit_command,
+    max_abs_diff,
+    read_steps,
+    recorded_flags,
+    subprocess_env,
+    tiny_mae_model,
+    wait_for,
+    write_config,
+)
 
 STEPS = 12  # 3 epochs x 4 batches of 8
 
@@ -51,16 +59,21 @@ def test_sigkilled_fit_on_image_files_resumes_to_the_uninterrupted_weights(tmp_p
     started: list[subprocess.Popen] = []
 
     def start(cfg: Path, name: str, *extra: str, pause_at: int | None = None) -> subprocess.Popen:
-        flags = [*extra, *_recorded(tmp_path / f"{name}.log", tmp_path / f"{name}.pt", pause_at)]
+        flags = [
+            *extra,
+            *recorded_flags(tmp_path / f"{name}.log", tmp_path / f"{name}.pt", pause_at),
+        ]
         with (tmp_path / f"{name}.err").open("w") as err:
-            started.append(subprocess.Popen(_fit_command(cfg, *flags), env=_env(), stderr=err))
+            started.append(
+                subprocess.Popen(fit_command(cfg, *flags), env=subprocess_env(), stderr=err)
+            )
         return started[-1]
 
     last = runs / "exp" / "version_0" / "checkpoints" / "last.ckpt"
     try:
         reference = start(ref_cfg, "ref")
         killed = start(cfg, "killed", pause_at=7)
-        _wait_for(lambda: "paused" in read_steps(tmp_path / "killed.log"), killed, "step 7")
+        wait_for(lambda: "paused" in read_steps(tmp_path / "killed.log"), killed, "step 7")
         assert last.is_file()  # step 6, mid-epoch 1
         killed.send_signal(signal.SIGKILL)
         assert killed.wait(timeout=30) == -signal.SIGKILL

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
@@ -32,6 +33,7 @@ __all__ = [
     "log_from_rank_zero",
     "module_type_name",
     "probe_images",
+    "sharded_skip",
     "short_module_name",
     "tensorboard",
 ]
@@ -165,6 +167,24 @@ def probe_images(
     images = dm.preprocess(raw.to(pl_module.device), train=False)  # (N, C, H, W) float32
     dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), images.dtype)
     return (images.to(dtype), labels) if with_labels else images.to(dtype)
+
+
+def sharded_skip(trainer: pl.Trainer, owner: str, warned: set[str]) -> bool:
+    """True (after one warning per ``owner``) when the strategy shards the parameters (FSDP).
+
+    Under FSDP each rank holds a shard of every weight, outside ``forward`` the full matrices do
+    not exist, and a forward pass is a collective every rank must join; the monitors that read
+    whole weights, or run the model on rank zero only, skip instead of measuring a shard or
+    waiting forever. Every rank takes the same decision.
+    """
+    if not isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
+        return False
+    if owner not in warned:
+        warned.add(owner)
+        rank_zero_warn(
+            f"{owner}: parameters are sharded ({trainer.strategy.strategy_name}); skipped."
+        )
+    return True
 
 
 def log_from_rank_zero(

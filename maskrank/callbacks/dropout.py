@@ -39,6 +39,7 @@ from maskrank.callbacks._common import (
     module_type_name,
     observed,
     probe_images,
+    sharded_skip,
     short_module_name,
     skip_nonfinite,
 )
@@ -109,6 +110,8 @@ class DropoutPenaltyMonitor(pl.Callback):
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not due_after_validation(trainer, self.every_n_epochs):
+            return
+        if sharded_skip(trainer, type(self).__name__, self._warned):
             return
         if observed(pl_module, type(self).__name__, self._warned) is None:
             return

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from maskrank.callbacks._common import module_type_name, short_module_name
+from maskrank.callbacks._common import module_type_name, sharded_skip, short_module_name
 from maskrank.metrics import singular_values, spectrum_metrics
 from maskrank.models.lora import LoRAView, lora_layers
 
@@ -50,6 +50,7 @@ class LoRASpectrumMonitor(pl.Callback):
         self.every_n_steps = every_n_steps
         self.per_module = per_module
         self.last_metrics: dict[str, float] = {}
+        self._warned: set[str] = set()
 
     def measure(self, pl_module: pl.LightningModule) -> dict[str, float]:
         """The tags and values of one measurement (empty for a model without adapters)."""
@@ -70,6 +71,8 @@ class LoRASpectrumMonitor(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         if step == 0 or step % self.every_n_steps or not trainer.is_global_zero:
+            return
+        if sharded_skip(trainer, type(self).__name__, self._warned):
             return
         self.last_metrics = self.measure(pl_module)
         for logger in trainer.loggers:

@@ -18,6 +18,7 @@ from maskrank.callbacks._common import (
     eval_mode,
     observed,
     probe_images,
+    sharded_skip,
     tensorboard,
 )
 from maskrank.models.mae import patchify, unpatchify
@@ -108,6 +109,8 @@ class ReconstructionLogger(pl.Callback):
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not due_after_validation(trainer, self.every_n_epochs):
+            return
+        if sharded_skip(trainer, type(self).__name__, self._warned):
             return
         logger = tensorboard(trainer)
         task = observed(pl_module, type(self).__name__, self._warned)

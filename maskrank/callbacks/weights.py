@@ -35,7 +35,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from maskrank.callbacks._common import short_module_name
+from maskrank.callbacks._common import sharded_skip, short_module_name
 from maskrank.callbacks._weight_spectra import Group, Snapshot, compute
 
 __all__ = ["DEFAULT_WEIGHT_PATTERN", "WeightSpectrumMonitor"]
@@ -125,7 +125,7 @@ class WeightSpectrumMonitor(pl.Callback):
 
     # ------------------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero or sharded_skip(trainer, type(self).__name__, set()):
             self._w0 = None  # weights are replicated: only rank zero measures
             return
         params = self.matched_parameters(pl_module)

@@ -49,6 +49,10 @@ COMMANDS: dict[str, Command] = {
     "lora-rank": Command(
         "per-module LoRA ranks from a fine-tune's update", "maskrank.cli.adapt:lora_rank_command"
     ),
+    "data": Command(
+        "data optimize: a dataset as streaming shards (litdata)",
+        "maskrank.data.optimize:data_command",
+    ),
     "export": Command(
         "a classifier as timm weights (+ peft adapter)", "maskrank.cli.adapt:export_command"
     ),

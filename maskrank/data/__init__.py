@@ -9,7 +9,9 @@ from maskrank.data.augment import random_hflip, random_resized_crop, resize_uint
 from maskrank.data.base import InMemoryImageDataModule
 from maskrank.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from maskrank.data.fashion_mnist import FashionMNISTDataModule
+from maskrank.data.hf import HFDataModule
 from maskrank.data.imagefolder import ImageFolderDataModule
+from maskrank.data.streaming import StreamingDataModule
 from maskrank.data.synthetic import (
     SyntheticLowRank,
     make_class_bases,
@@ -21,8 +23,10 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "FashionMNISTDataModule",
+    "HFDataModule",
     "ImageFolderDataModule",
     "InMemoryImageDataModule",
+    "StreamingDataModule",
     "SyntheticLowRank",
     "make_class_bases",
     "make_low_rank_images",

@@ -3,11 +3,8 @@ ends with the weights of the uninterrupted run, bit for bit, in the same run dir
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,43 +13,22 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from maskrank.cli import main
 from maskrank.cli.lightning import build_cli
-from resume_helpers import max_abs_diff, read_steps, tiny_mae_model, write_config
+from resume_helpers import (
+    fit_command,
+    max_abs_diff,
+    read_steps,
+    recorded_flags,
+    subprocess_env,
+    tiny_mae_model,
+    wait_for,
+    write_config,
+)
 
-TESTS = Path(__file__).parents[1]  # tests/, for resume_helpers in the subprocess
 STEPS = 12  # 3 epochs x 4 batches
-
-
-def _recorded(log: Path, final: Path, pause_at: int | None = None) -> list[str]:
-    """Flags adding a StepRecorder (see resume_helpers) to a fit."""
-    flags = [
-        "--trainer.callbacks+=resume_helpers.StepRecorder",
-        f"--trainer.callbacks.log={log}",
-        f"--trainer.callbacks.final={final}",
-    ]
-    return flags if pause_at is None else [*flags, f"--trainer.callbacks.pause_at={pause_at}"]
-
-
-def _fit_command(cfg: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "maskrank", "fit", "-c", str(cfg), *flags]
 
 
 # one intra-op thread for the in-process fits (the subprocesses get OMP_NUM_THREADS=1)
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def _env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-
-def _wait_for(predicate, process: subprocess.Popen, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if process.poll() is not None:
-            raise AssertionError(f"the fit exited (status {process.returncode}) before {what}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -68,16 +44,21 @@ def test_sigkilled_fit_resumes_to_the_uninterrupted_weights(tmp_path):
     started: list[subprocess.Popen] = []
 
     def start(cfg: Path, name: str, *extra: str, pause_at: int | None = None) -> subprocess.Popen:
-        flags = [*extra, *_recorded(tmp_path / f"{name}.log", tmp_path / f"{name}.pt", pause_at)]
+        flags = [
+            *extra,
+            *recorded_flags(tmp_path / f"{name}.log", tmp_path / f"{name}.pt", pause_at),
+        ]
         with (tmp_path / f"{name}.err").open("w") as err:  # a file, not a pipe nobody drains
-            started.append(subprocess.Popen(_fit_command(cfg, *flags), env=_env(), stderr=err))
+            started.append(
+                subprocess.Popen(fit_command(cfg, *flags), env=subprocess_env(), stderr=err)
+            )
         return started[-1]
 
     last = runs / "exp" / "version_0" / "checkpoints" / "last.ckpt"
     try:
         reference = start(ref_cfg, "ref")  # uninterrupted, alongside the one we kill
         killed = start(cfg, "killed", pause_at=7)
-        _wait_for(lambda: "paused" in read_steps(tmp_path / "killed.log"), killed, "step 7")
+        wait_for(lambda: "paused" in read_steps(tmp_path / "killed.log"), killed, "step 7")
         assert last.is_file()  # written at step 6; step 7 trained but not checkpointed
         killed.send_signal(signal.SIGKILL)
         assert killed.wait(timeout=30) == -signal.SIGKILL
@@ -116,7 +97,7 @@ def test_sigkilled_fit_resumes_to_the_uninterrupted_weights(tmp_path):
 def test_crashed_fit_resumes_exactly_in_process(tmp_path, checkpoint, crash_after, resumes_at):
     runs = tmp_path / "runs"
     ref = write_config(tmp_path / "ref.yaml", runs, tiny_mae_model(), "ref", checkpoint)
-    build_cli(["fit", "-c", str(ref), *_recorded(tmp_path / "ref.log", tmp_path / "ref.pt")])
+    build_cli(["fit", "-c", str(ref), *recorded_flags(tmp_path / "ref.log", tmp_path / "ref.pt")])
     cfg = str(write_config(tmp_path / "cfg.yaml", runs, tiny_mae_model(), checkpoint=checkpoint))
     crash = [
         "--trainer.callbacks+=resume_helpers.CrashAt",
@@ -125,7 +106,7 @@ def test_crashed_fit_resumes_exactly_in_process(tmp_path, checkpoint, crash_afte
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_cli(["fit", "-c", cfg, *crash])
     log = tmp_path / "resumed.log"
-    build_cli(["fit", "-c", cfg, "--ckpt_path", "last", *_recorded(log, tmp_path / "res.pt")])
+    build_cli(["fit", "-c", cfg, "--ckpt_path", "last", *recorded_flags(log, tmp_path / "res.pt")])
     assert read_steps(log)[0] == f"start {resumes_at}"
     final = torch.load(tmp_path / "res.pt", weights_only=True)
     assert max_abs_diff(final, torch.load(tmp_path / "ref.pt", weights_only=True)) == 0.0

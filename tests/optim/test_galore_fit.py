@@ -105,7 +105,7 @@ def test_monitor_logs_captured_energy_and_projection_similarity(tmp_path):
     assert len(similarity) == 3 and all(0.0 < v <= 1.0 for v in similarity)
 
 
-def _env() -> dict[str, str]:
+def subprocess_env() -> dict[str, str]:
     path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
@@ -131,7 +131,7 @@ def test_sigkilled_galore_fit_resumes_to_the_uninterrupted_weights(tmp_path):
             flags.append(f"--trainer.callbacks.pause_at={pause_at}")
         command = [sys.executable, "-m", "maskrank", "fit", "-c", str(cfg), *flags]
         with (tmp_path / f"{name}.err").open("w") as err:
-            started.append(subprocess.Popen(command, env=_env(), stderr=err))
+            started.append(subprocess.Popen(command, env=subprocess_env(), stderr=err))
         return started[-1]
 
     try:
