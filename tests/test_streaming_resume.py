@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from maskrank.cli import build_cli
+from maskrank.cli.lightning import build_cli
 from maskrank.data.optimize import optimize_dataset
 from resume_helpers import (
     max_abs_diff,
