@@ -26,11 +26,13 @@ from maskrank.metrics import energy_rank_key, singular_values, spectrum_metrics
 from maskrank.models.lora import (
     DEFAULT_TARGETS,
     adapter_deltas,
-    save_adapter,
+    as_lora_spec,
     save_merged,
     target_matches,
     write_rank_map,
 )
+from maskrank.models.lora.deep import match_factor_shapes
+from maskrank.models.lora.export import save_lora_artefacts
 from maskrank.tasks.adaptation import fold_probe_head
 from maskrank.tasks.classification import ImageClassifier
 
@@ -52,6 +54,7 @@ def load_classifier(path: str | Path, flag: str = "CKPT") -> ImageClassifier:
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     kwargs.update(encoder_ckpt=None, pretrained=False)  # the weights come from the state dict
     model = ImageClassifier(**kwargs)
+    match_factor_shapes(model, state)  # a compressed Deep LoRA run has narrower factors
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise ConfigError(f"checkpoint {path} ({flag}) is not an ImageClassifier: {mismatch}")
@@ -167,8 +170,14 @@ def _export(argv: list[str]) -> None:
     vit = model.model
     out = Path(args.out)
     if model.hparams.adaptation == "lora":
-        adapter = save_adapter(vit, out / "adapter", dropout=model.hparams.lora["dropout"])
-        print(f"adapter: {adapter}  (peft.PeftModel.from_pretrained(timm_model, '{adapter}'))")
+        written = save_lora_artefacts(vit, out, as_lora_spec(model.hparams.lora))
+        adapter, base = written["adapter"], written.get("base")
+        on = (
+            "timm_model"
+            if base is None
+            else f"timm.create_model('local-dir:{base}', pretrained=True)"
+        )
+        print(f"adapter: {adapter}  (peft.PeftModel.from_pretrained({on}, '{adapter}'))")
     vit.head = fold_probe_head(vit.head)
     merged = save_merged(vit, out / "timm")
     print(f"timm model: {merged}  (timm.create_model('local-dir:{merged}', pretrained=True))")

@@ -1,0 +1,163 @@
+"""Deep LoRA: a three-factor adapter whose training compresses (Yaras et al. 2024, SCIENCE.md §8).
+
+``ΔW = (α/r) W₃ W₂ W₁`` with ``W₁`` (r, k), ``W₂`` (r, r), ``W₃`` (d, r), each started as
+``init_scale`` x a (semi-)orthogonal matrix. Under gradient descent from such a start each factor
+changes only inside a low-dimensional invariant subspace; its other singular values stay at
+``init_scale``. :func:`compress_deep_lora` then keeps each factor's top-``r_c`` singular subspace,
+``W₁ ← Q₁ᵀW₁``, ``W₂ ← Q₂ᵀW₂Q₁``, ``W₃ ← W₃Q₂`` (``Q_l`` the top-``r_c`` left singular vectors of
+``W_l``), which changes ``ΔW`` only by the discarded ``init_scale``-sized paths, and training goes on
+at width ``r_c``. The forward is maskrank's LoRA kernel with ``A = W₂W₁`` and ``B = W₃``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from maskrank.models.lora.kernel import lora_linear
+
+__all__ = [
+    "DeepLoRALinear",
+    "balanced_factors",
+    "compress_deep_lora",
+    "deep_layers",
+    "match_factor_shapes",
+]
+
+
+class DeepLoRALinear(nn.Module):
+    """An ``nn.Linear`` with a Deep LoRA adapter ``(α/r) W₃ W₂ W₁``.
+
+    Args:
+        base_layer: the frozen pretrained layer (kept as a submodule, not copied).
+        r: the adapter's width before compression (>= 1); the scale ``α/r`` never changes.
+        alpha: scale numerator.
+        init_scale: every factor starts as ``init_scale`` x a (semi-)orthogonal matrix.
+        dropout: dropout on the adapter input in training.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        r: int,
+        alpha: float,
+        init_scale: float = 1e-3,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        kw = {"device": base_layer.weight.device, "dtype": base_layer.weight.dtype}
+        d, k = base_layer.out_features, base_layer.in_features
+        self.w1 = nn.Parameter(torch.empty(r, k, **kw))
+        self.w2 = nn.Parameter(torch.empty(r, r, **kw))
+        self.w3 = nn.Parameter(torch.empty(d, r, **kw))
+        for w in (self.w1, self.w2, self.w3):
+            nn.init.orthogonal_(w, gain=init_scale)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.r, self.alpha, self.scaling = r, float(alpha), float(alpha) / r
+        self.register_buffer("compressed", torch.tensor(False))
+
+    @property
+    def weight(self) -> Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base_layer.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    @property
+    def width(self) -> int:
+        """The current inner width (``r``, or ``r_c`` after compression)."""
+        return self.w2.shape[0]
+
+    def factors(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(W₁, W₂, W₃)``."""
+        return self.w1, self.w2, self.w3
+
+    def delta_weight(self) -> Tensor:
+        """``(α/r) W₃ W₂ W₁`` (d, k)."""
+        return self.scaling * (self.w3 @ (self.w2 @ self.w1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_lora = None if isinstance(self.lora_dropout, nn.Identity) else self.lora_dropout(x)
+        w, b = self.base_layer.weight, self.base_layer.bias
+        return lora_linear(x, w, b, self.w2 @ self.w1, self.w3, self.scaling, x_lora)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # a compressed checkpoint holds narrower factors: take their shapes before loading
+        for name in ("w1", "w2", "w3"):
+            saved = state_dict.get(prefix + name)
+            param = getattr(self, name)
+            if saved is not None and saved.shape != param.shape:
+                param.data = param.data.new_empty(saved.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"r={self.r}, width={self.width}, alpha={self.alpha:g}"
+
+
+def _top_left(w: Tensor, r_c: int) -> Tensor:
+    """The top-``r_c`` left singular vectors of ``w`` (float64)."""
+    return torch.linalg.svd(w.double(), full_matrices=False)[0][:, :r_c]
+
+
+@torch.no_grad()
+def compress_deep_lora(model: nn.Module, r_c: int) -> dict[str, float]:
+    """Compress every uncompressed :class:`DeepLoRALinear` of ``model`` to width ``min(r_c, r)``.
+
+    The parameters keep their identity (``.data`` is replaced), so an optimizer still holds them;
+    its state for them no longer fits and must be dropped. Returns, per module, the relative
+    change ``‖ΔW_after - ΔW_before‖_F / ‖ΔW_before‖_F``.
+    """
+    changes: dict[str, float] = {}
+    for name, layer in model.named_modules():
+        if not isinstance(layer, DeepLoRALinear) or bool(layer.compressed):
+            continue
+        before = layer.delta_weight().double()
+        w1, w2, w3 = (w.double() for w in layer.factors())
+        width = min(r_c, layer.width)
+        q1, q2 = _top_left(w1, width), _top_left(w2, width)  # (r, r_c)
+        new = (q1.t() @ w1, q2.t() @ w2 @ q1, w3 @ q2)
+        for param, value in zip(layer.factors(), new, strict=True):
+            param.data = value.to(param.dtype).contiguous()
+        layer.compressed.fill_(True)
+        after = layer.delta_weight().double()
+        changes[name] = float((after - before).norm() / before.norm().clamp_min(1e-30))
+    return changes
+
+
+def deep_layers(model: nn.Module) -> dict[str, DeepLoRALinear]:
+    """Every :class:`DeepLoRALinear` of ``model`` by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, DeepLoRALinear)}
+
+
+@torch.no_grad()
+def balanced_factors(lora_b: Tensor, lora_a: Tensor) -> tuple[Tensor, Tensor]:
+    """``(B', A')`` with ``B'A' = B A`` and ``B' = U √S``, ``A' = √S Vᵀ`` (the SVD of ``B A``).
+
+    ``B`` (d, w), ``A`` (w, k); via thin QR factors, so ``B A`` (d, k) is never formed.
+    """
+    q_b, r_b = torch.linalg.qr(lora_b.double())  # (d, w), (w, w)
+    q_a, r_a = torch.linalg.qr(lora_a.double().t())  # (k, w), (w, w)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.t())
+    root = s.sqrt()
+    b = (q_b @ u) * root
+    a = root[:, None] * (vh @ q_a.t())
+    return b.to(lora_b.dtype), a.to(lora_a.dtype)
+
+
+def match_factor_shapes(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Give ``model``'s Deep LoRA factors the shapes they have in ``state`` (a compressed run's)."""
+    for name, layer in deep_layers(model).items():
+        for key in ("w1", "w2", "w3"):
+            saved, param = state.get(f"{name}.{key}"), getattr(layer, key)
+            if saved is not None and saved.shape != param.shape:
+                param.data = param.data.new_empty(saved.shape)
