@@ -3,9 +3,13 @@
 ``ΔW = (α/r) W₃ W₂ W₁`` with ``W₁`` (r, k), ``W₂`` (r, r), ``W₃`` (d, r), each started as
 ``init_scale`` x a (semi-)orthogonal matrix. Under gradient descent from such a start each factor
 changes only inside a low-dimensional invariant subspace; its other singular values stay at
-``init_scale``. :func:`compress_deep_lora` then keeps each factor's top-``r_c`` singular subspace,
-``W₁ ← Q₁ᵀW₁``, ``W₂ ← Q₂ᵀW₂Q₁``, ``W₃ ← W₃Q₂`` (``Q_l`` the top-``r_c`` left singular vectors of
-``W_l``), which changes ``ΔW`` only by the discarded ``init_scale``-sized paths, and training goes on
+``init_scale``, so the product ``M = W₃W₂W₁`` has a few large singular values and a tail of
+``init_scale``-sized paths. :func:`compress_deep_lora` restricts each factor to the subspaces the
+end-to-end map uses: with ``U_c``, ``V_c`` the top-``r_c`` singular vectors of ``M`` and ``P₁``,
+``P₂`` orthonormal bases of ``W₁V_c`` and ``W₂W₁V_c`` (r, r_c),
+``W₁ ← P₁ᵀW₁V_cV_cᵀ``, ``W₂ ← P₂ᵀW₂P₁``, ``W₃ ← U_cU_cᵀW₃P₂``. The new product is
+``U_cU_cᵀ M V_cV_cᵀ``, the best rank-``r_c`` approximation of ``M``: ``ΔW`` changes by the
+discarded tail only (measured and returned), each factor keeps its own scale, and training goes on
 at width ``r_c``. The forward is maskrank's LoRA kernel with ``A = W₂W₁`` and ``B = W₃``.
 """
 
@@ -104,9 +108,9 @@ class DeepLoRALinear(nn.Module):
         return f"r={self.r}, width={self.width}, alpha={self.alpha:g}"
 
 
-def _top_left(w: Tensor, r_c: int) -> Tensor:
-    """The top-``r_c`` left singular vectors of ``w`` (float64)."""
-    return torch.linalg.svd(w.double(), full_matrices=False)[0][:, :r_c]
+def _basis(m: Tensor, width: int) -> Tensor:
+    """An orthonormal basis (rows, width) of the column space of ``m`` (rows, width)."""
+    return torch.linalg.svd(m, full_matrices=False)[0][:, :width]
 
 
 @torch.no_grad()
@@ -122,10 +126,13 @@ def compress_deep_lora(model: nn.Module, r_c: int) -> dict[str, float]:
         if not isinstance(layer, DeepLoRALinear) or bool(layer.compressed):
             continue
         before = layer.delta_weight().double()
-        w1, w2, w3 = (w.double() for w in layer.factors())
+        w1, w2, w3 = (w.double() for w in layer.factors())  # (r, k), (r, r), (d, r)
         width = min(r_c, layer.width)
-        q1, q2 = _top_left(w1, width), _top_left(w2, width)  # (r, r_c)
-        new = (q1.t() @ w1, q2.t() @ w2 @ q1, w3 @ q2)
+        u, _, vh = torch.linalg.svd(w3 @ (w2 @ w1), full_matrices=False)
+        u_c, v_c = u[:, :width], vh[:width].t()  # (d, r_c), (k, r_c)
+        p1 = _basis(w1 @ v_c, width)  # (r, r_c)
+        p2 = _basis(w2 @ p1 @ (p1.t() @ w1 @ v_c), width)  # (r, r_c)
+        new = (p1.t() @ w1 @ v_c @ v_c.t(), p2.t() @ w2 @ p1, u_c @ (u_c.t() @ w3 @ p2))
         for param, value in zip(layer.factors(), new, strict=True):
             param.data = value.to(param.dtype).contiguous()
         layer.compressed.fill_(True)

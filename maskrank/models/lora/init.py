@@ -5,10 +5,13 @@ starts at ``W₀``. The offset base is an ordinary (frozen) parameter of the lay
 carries it and a resumed or exported model needs nothing else.
 
 - :func:`pissa_init`: ``(α/r) B₀ A₀`` is the top-``r`` SVD part of ``W₀`` (Meng et al. 2024);
-- :func:`gradient_init`: ``B₀ = U_r``, ``A₀ = V_rᵀ`` from ``G = U S Vᵀ``, the full-weight gradient
-  averaged over a few batches (LoRA-GA / LoRA-One). One gradient step on ``A`` and ``B`` from there
-  moves ``ΔW`` by ``-η (α/r)² (U_r U_rᵀ G + G V_r V_rᵀ)``: inside the gradient's top-``r`` row
-  and column spaces, the best rank-``r`` approximation of a full fine-tuning step.
+- :func:`gradient_init`: ``B₀ = U_r / √s``, ``A₀ = V_rᵀ / √s`` (``s = α/r``) from ``G = U S Vᵀ``,
+  the full-weight gradient averaged over a few batches (LoRA-GA / LoRA-One). The initial offset
+  ``s B₀ A₀ = U_r V_rᵀ`` has unit singular values (factor rows and columns of norm ``1/√s``, near
+  a Kaiming ``A``'s ``1/√3``), which keeps the float32 rounding of the offset base small. One
+  gradient step on ``A`` and ``B`` from there moves ``ΔW`` by ``-2η s U_r S_r V_rᵀ`` (to first
+  order): the best rank-``r`` approximation of a full fine-tuning step, inside the gradient's
+  top-``r`` row and column spaces.
 """
 
 from __future__ import annotations
@@ -62,8 +65,8 @@ def gradient_init(
     """Initialise every :class:`LoRALinear` of ``model`` from its full-weight gradient.
 
     ``G`` (d, k) is ``∂ loss_fn(model(x), y) / ∂W`` averaged over ``batches`` (and over processes
-    by ``reduce``, e.g. a DDP mean, so every rank starts alike); then ``B₀ = U_r``, ``A₀ = V_rᵀ``
-    and the base is offset (:func:`set_offset_factors`). Adapters are expected fresh (``B = 0``).
+    by ``reduce``, e.g. a DDP mean, so every rank starts alike); then ``B₀ = U_r / √s``,
+    ``A₀ = V_rᵀ / √s`` and the base is offset (:func:`set_offset_factors`). Adapters are expected fresh (``B = 0``).
     Nothing else changes: no parameter gets a ``.grad``. Returns the number of batches used.
     """
     layers = [m for m in model.modules() if isinstance(m, LoRALinear)]
@@ -92,5 +95,6 @@ def gradient_init(
             if reduce is not None:
                 mean = reduce(mean)
             u, _, vh = torch.linalg.svd(mean, full_matrices=False)  # (d, m), (m, k)
-            set_offset_factors(layer, u[:, : layer.r], vh[: layer.r])
+            c = layer.scaling**-0.5
+            set_offset_factors(layer, u[:, : layer.r] * c, vh[: layer.r] * c)
     return count
