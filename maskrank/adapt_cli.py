@@ -31,7 +31,6 @@ from maskrank.models.lora import (
     target_matches,
     write_rank_map,
 )
-from maskrank.models.lora.deep import match_factor_shapes
 from maskrank.models.lora.export import save_lora_artefacts
 from maskrank.tasks.adaptation import fold_probe_head
 from maskrank.tasks.classification import ImageClassifier
@@ -54,7 +53,6 @@ def load_classifier(path: str | Path, flag: str = "CKPT") -> ImageClassifier:
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     kwargs.update(encoder_ckpt=None, pretrained=False)  # the weights come from the state dict
     model = ImageClassifier(**kwargs)
-    match_factor_shapes(model, state)  # a compressed Deep LoRA run has narrower factors
     mismatch = state_dict_mismatch(model.state_dict(), state)
     if mismatch:
         raise ConfigError(f"checkpoint {path} ({flag}) is not an ImageClassifier: {mismatch}")

@@ -26,7 +26,7 @@ from maskrank.models.dropout import DropoutSpec, as_dropout_specs
 from maskrank.models.dropout_apply import ExplicitDropoutPenalty, apply_dropout
 from maskrank.models.features import EncoderFeatures, encoder_features
 from maskrank.models.lora import LoRASpec, as_lora_spec
-from maskrank.models.lora.deep import compress_deep_lora
+from maskrank.models.lora.deep import compress_deep_lora, factor_parameters
 from maskrank.models.lora.init import gradient_init
 from maskrank.models.vit import ViTSpec, as_spec
 from maskrank.tasks.adaptation import Adaptation, check_adaptation, setup_adaptation
@@ -203,12 +203,11 @@ class ImageClassifier(pl.LightningModule):
         if self.global_step < spec["compress_after"]:
             return
         changes = compress_deep_lora(self.model, as_lora_spec(spec).compressed_width)
-        if changes:  # the factors changed shape: their optimizer state restarts
+        if changes:  # the factors were rewritten: their optimizer state restarts
+            factors = factor_parameters(self.model, list(changes))
             for optimizer in self.trainer.optimizers:
-                for param in (p for g in optimizer.param_groups for p in g["params"]):
-                    state = optimizer.state.get(param, {})
-                    if any(t.shape != param.shape for t in state.values() if t.ndim > 1):
-                        optimizer.state.pop(param)
+                for param in factors:
+                    optimizer.state.pop(param, None)
             worst = max(changes.values())
             self.log("lora/compress/relative_change", worst, on_step=True, on_epoch=False)
 

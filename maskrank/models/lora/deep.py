@@ -11,6 +11,10 @@ end-to-end map uses: with ``U_c``, ``V_c`` the top-``r_c`` singular vectors of `
 ``U_cU_cᵀ M V_cV_cᵀ``, the best rank-``r_c`` approximation of ``M``: ``ΔW`` changes by the
 discarded tail only (measured and returned), each factor keeps its own scale, and training goes on
 at width ``r_c``. The forward is maskrank's LoRA kernel with ``A = W₂W₁`` and ``B = W₃``.
+
+The parameters keep their shapes (so checkpoints, optimizers and resume need nothing special): a
+compressed layer holds its factors in the leading ``r_c`` block, zeros elsewhere, and computes with
+that block only (the ``width`` buffer); the rest gets exactly zero gradient and stays zero.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ __all__ = [
     "balanced_factors",
     "compress_deep_lora",
     "deep_layers",
-    "match_factor_shapes",
+    "factor_parameters",
 ]
 
 
@@ -60,6 +64,7 @@ class DeepLoRALinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.r, self.alpha, self.scaling = r, float(alpha), float(alpha) / r
         self.register_buffer("compressed", torch.tensor(False))
+        self.register_buffer("active_width", torch.tensor(r))
 
     @property
     def weight(self) -> Tensor:
@@ -80,29 +85,23 @@ class DeepLoRALinear(nn.Module):
     @property
     def width(self) -> int:
         """The current inner width (``r``, or ``r_c`` after compression)."""
-        return self.w2.shape[0]
+        return int(self.active_width)
 
     def factors(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(W₁, W₂, W₃)``."""
-        return self.w1, self.w2, self.w3
+        """``(W₁, W₂, W₃)`` at the current width: (w, k), (w, w), (d, w) views."""
+        w = self.width
+        return self.w1[:w], self.w2[:w, :w], self.w3[:, :w]
 
     def delta_weight(self) -> Tensor:
         """``(α/r) W₃ W₂ W₁`` (d, k)."""
-        return self.scaling * (self.w3 @ (self.w2 @ self.w1))
+        w1, w2, w3 = self.factors()
+        return self.scaling * (w3 @ (w2 @ w1))
 
     def forward(self, x: Tensor) -> Tensor:
         x_lora = None if isinstance(self.lora_dropout, nn.Identity) else self.lora_dropout(x)
         w, b = self.base_layer.weight, self.base_layer.bias
-        return lora_linear(x, w, b, self.w2 @ self.w1, self.w3, self.scaling, x_lora)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # a compressed checkpoint holds narrower factors: take their shapes before loading
-        for name in ("w1", "w2", "w3"):
-            saved = state_dict.get(prefix + name)
-            param = getattr(self, name)
-            if saved is not None and saved.shape != param.shape:
-                param.data = param.data.new_empty(saved.shape)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        w1, w2, w3 = self.factors()
+        return lora_linear(x, w, b, w2 @ w1, w3, self.scaling, x_lora)
 
     def extra_repr(self) -> str:
         return f"r={self.r}, width={self.width}, alpha={self.alpha:g}"
@@ -117,9 +116,10 @@ def _basis(m: Tensor, width: int) -> Tensor:
 def compress_deep_lora(model: nn.Module, r_c: int) -> dict[str, float]:
     """Compress every uncompressed :class:`DeepLoRALinear` of ``model`` to width ``min(r_c, r)``.
 
-    The parameters keep their identity (``.data`` is replaced), so an optimizer still holds them;
-    its state for them no longer fits and must be dropped. Returns, per module, the relative
-    change ``‖ΔW_after - ΔW_before‖_F / ‖ΔW_before‖_F``.
+    The parameters keep their identity and shape (the leading block is rewritten, the rest
+    zeroed); their optimizer state describes the old factors and should be dropped
+    (:func:`factor_parameters`). Returns, per module, the relative change
+    ``‖ΔW_after - ΔW_before‖_F / ‖ΔW_before‖_F``.
     """
     changes: dict[str, float] = {}
     for name, layer in model.named_modules():
@@ -133,8 +133,12 @@ def compress_deep_lora(model: nn.Module, r_c: int) -> dict[str, float]:
         p1 = _basis(w1 @ v_c, width)  # (r, r_c)
         p2 = _basis(w2 @ p1 @ (p1.t() @ w1 @ v_c), width)  # (r, r_c)
         new = (p1.t() @ w1 @ v_c @ v_c.t(), p2.t() @ w2 @ p1, u_c @ (u_c.t() @ w3 @ p2))
-        for param, value in zip(layer.factors(), new, strict=True):
-            param.data = value.to(param.dtype).contiguous()
+        layer.active_width.fill_(width)
+        for param, view, value in zip(
+            (layer.w1, layer.w2, layer.w3), layer.factors(), new, strict=True
+        ):
+            param.zero_()
+            view.copy_(value)
         layer.compressed.fill_(True)
         after = layer.delta_weight().double()
         changes[name] = float((after - before).norm() / before.norm().clamp_min(1e-30))
@@ -161,10 +165,6 @@ def balanced_factors(lora_b: Tensor, lora_a: Tensor) -> tuple[Tensor, Tensor]:
     return b.to(lora_b.dtype), a.to(lora_a.dtype)
 
 
-def match_factor_shapes(model: nn.Module, state: dict[str, Tensor]) -> None:
-    """Give ``model``'s Deep LoRA factors the shapes they have in ``state`` (a compressed run's)."""
-    for name, layer in deep_layers(model).items():
-        for key in ("w1", "w2", "w3"):
-            saved, param = state.get(f"{name}.{key}"), getattr(layer, key)
-            if saved is not None and saved.shape != param.shape:
-                param.data = param.data.new_empty(saved.shape)
+def factor_parameters(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    """The full factor parameters of the Deep LoRA layers ``names`` of ``model``."""
+    return [p for n in names for p in model.get_submodule(n).parameters(recurse=False)]

@@ -125,7 +125,8 @@ def lora_layers(model: nn.Module) -> dict[str, LoRAView]:
                 module.alpha,
             )
         elif isinstance(module, DeepLoRALinear):
-            lora_b, lora_a = balanced_factors(module.w3.detach(), (module.w2 @ module.w1).detach())
+            w1, w2, w3 = (w.detach() for w in module.factors())
+            lora_b, lora_a = balanced_factors(w3, w2 @ w1)
             alpha = module.scaling * module.width
             views[name] = LoRAView(module.base_layer, lora_a, lora_b, module.scaling, alpha)
         elif peft_linear and isinstance(module, peft_linear):
