@@ -63,6 +63,7 @@ class DeepLoRALinear(nn.Module):
             nn.init.orthogonal_(w, gain=init_scale)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.r, self.alpha, self.scaling = r, float(alpha), float(alpha) / r
+        self.init_scale = float(init_scale)
         self.register_buffer("compressed", torch.tensor(False))
         self.register_buffer("active_width", torch.tensor(r))
 
