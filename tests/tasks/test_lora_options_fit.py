@@ -91,3 +91,29 @@ def test_gradient_init_runs_at_fit_start_and_keeps_the_initial_function(tmp_path
     build_cli(["fit", "-c", str(cfg)])
     assert (seen["after"] - seen["before"]).abs().max() < 1e-5
     assert not torch.allclose(seen["base_after"], seen["base_before"])  # W₀ was offset
+
+
+CLI_BAD = {
+    "gradient init_batches 0": ({"init": "gradient", "init_batches": 0}, "lora.init_batches"),
+    "pissa rank above min(shape)": ({"r": 65, "init": "pissa"}, "lora.r"),
+    "depth 2": ({"depth": 2}, "lora.depth"),
+    "r_c above r": ({"r": 4, "depth": 3, "compress_after": 5, "r_c": 8}, "lora.r_c"),
+    "compress_after 0": ({"depth": 3, "compress_after": 0}, "lora.compress_after"),
+    "init the engine lacks": ({"engine": "peft", "init": "gradient"}, "lora.init"),
+}
+
+
+@pytest.mark.parametrize("lora, field", CLI_BAD.values(), ids=CLI_BAD.keys())
+def test_bad_lora_option_is_one_line_naming_the_flag(tmp_path, capsys, lora, field):
+    import json
+
+    from maskrank.cli import main
+
+    cfg = write_config(tmp_path / "cfg.yaml", tmp_path / "runs", _lora_model({}))
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "-c", str(cfg), "--model.init_args.lora", json.dumps(lora)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("maskrank: error:"), err
+    assert f"model.init_args.{field}" in err[0]
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))
