@@ -59,7 +59,9 @@ class ImageClassifier(pl.LightningModule):
             0.65-0.75): block ``i`` of ``L`` trains at ``lr · layer_decay^(L - i)``.
         lora: adapter spec for ``adaptation: lora`` (``maskrank.models.lora.LoRASpec``: ``r``,
             ``alpha``, ``dropout``, ``targets`` among qkv/proj/fc1/fc2, ``rank_pattern`` (a map
-            or the file written by ``maskrank lora-rank``), ``alpha_pattern``, ``engine``).
+            or the file written by ``maskrank lora-rank``), ``alpha_pattern``, ``engine``,
+            ``init`` default/pissa/gradient (+ peft's inits), ``init_batches``, ``use_dora``,
+            ``use_rslora``, ``depth`` 1/3 (Deep LoRA), ``init_scale``, ``compress_after``, ``r_c``).
         dropout: dropout variant(s) installed in the ViT (``maskrank.models.dropout.DropoutSpec``:
             ``variant`` feature/attention/drop_path/dropconnect/token, ``rate``, ``where``,
             ``blocks``, ``targets``, ``mode``); a list combines variants. ``mode: explicit``

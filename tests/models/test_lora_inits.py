@@ -214,3 +214,23 @@ def test_lora_linear_is_still_the_default_layer(tiny_spec):
     model = _vit(tiny_spec)
     apply_lora(model, LoRASpec(r=2))
     assert isinstance(model.blocks[0].attn.qkv, LoRALinear)
+
+
+def test_update_angles_are_zero_inside_and_ninety_across_the_reference_subspace():
+    from maskrank.models.lora.angles import update_angles
+
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64))
+    base = torch.randn(16, 12, generator=g, dtype=torch.float64)
+    right = torch.randn(2, 12, generator=g, dtype=torch.float64)
+    full = base + q[:, :2] @ right  # the fine-tune's update: columns in span(q[:, :2])
+    inside = base + q[:, :2] @ torch.randn(2, 12, generator=g, dtype=torch.float64)
+    across = base + q[:, 2:4] @ torch.randn(2, 12, generator=g, dtype=torch.float64)
+    out = update_angles(
+        {"in": inside, "across": across},
+        {"in": full, "across": full},
+        {"in": base, "across": base},
+        2,
+    )
+    assert out["in"]["max_deg"] < 1e-4 and out["in"]["cos2_mean"] > 1 - 1e-9
+    assert out["across"]["mean_deg"] > 90 - 1e-4
