@@ -5,7 +5,8 @@
 
 For every adapted module, ``ΔW = W_merged - W₀`` (``W₀`` the encoder the run started from, so a
 PiSSA or gradient init's offset cancels) and the fine-tune's ``ΔW_full``; the angles between their
-top-``k`` left singular subspaces (``k`` = the adapter's rank, at most 8), averaged over modules.
+top-``k`` left singular subspaces (``k`` = the adapter's rank, a compressed Deep LoRA's ``r_c``,
+at most 8), averaged over modules.
 In a sweep directory, cells are ``arm=<name>,seed=<s>`` with the fine-tune as ``arm=full``.
 Prints one row per adapter: mean angle (degrees), mean cos², and the random-subspace cos² ``k/d``.
 """
@@ -42,7 +43,8 @@ def compare(full: Path, adapters: list[Path]) -> list[dict]:
     rows = []
     for path in adapters:
         weights, lora, _ = _weights(path)
-        k = min(int(lora.get("r", 8)), 8)
+        width = lora.get("r_c") if lora.get("compress_after") else lora.get("r", 8)
+        k = min(int(width or max(1, int(lora.get("r", 8)) // 2)), 8)  # Deep LoRA: its r_c
         per_module = update_angles({n: weights[n] for n in base}, ft, base, k)
         angles = [v["mean_deg"] for v in per_module.values()]
         cos2 = [v["cos2_mean"] for v in per_module.values()]

@@ -165,6 +165,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -199,7 +200,7 @@ def main() -> None:
         )
 
     memory = {}
-    for name in arms:
+    for name in [] if args.no_memory else arms:
         cmd = [
             sys.executable,
             __file__,
@@ -229,7 +230,7 @@ def main() -> None:
         trainable, _ = trainable_parameters(arm.model)
         ips = args.batch / statistics.median(times[name])
         ratio = f"{statistics.median(ratios[name]):.2f}x" if ratios[name] else "-"
-        mem = memory[name]
+        mem = memory.get(name, {"peak_mb": float("nan"), "growth_mb": float("nan")})
         print(
             f"{name:<12} {trainable:>10,} {ips:>7.1f} {ratio:>8} {mem['peak_mb']:>7.0f}MB "
             f"{mem['growth_mb']:>10.0f}MB"
