@@ -7,7 +7,11 @@ Arms, all from the same pretrained-like weights on the same images (cross-entrop
 
 - ``full``: every weight trains (``adaptation: finetune``);
 - ``lora_qkv`` / ``lora_all``: maskrank's LoRA r=8 on qkv / on qkv, proj, fc1, fc2, head trains;
-- ``peft_qkv`` / ``peft_all``: the same adapters made by peft (``engine: peft``).
+- ``peft_qkv`` / ``peft_all``: the same adapters made by peft (``engine: peft``);
+- ``pissa_all`` / ``gradient_all``: ``lora_all`` started by PiSSA / from the gradient's subspace
+  (the same step; the gradient init's own cost is timed apart, against full fine-tune steps);
+- ``deep_all`` / ``deep_c4``: Deep LoRA r=8 (three factors), before / after compression to r_c=4;
+- ``peft_dora``: peft's DoRA r=8 on qkv, proj, fc1, fc2.
 
 Before timing, the script checks that maskrank's and peft's ``lora_all`` give the same loss and
 adapter gradients from the same adapter weights ("identical math").
@@ -34,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from maskrank.models.lora import lora_layers
+from maskrank.models.lora import compress_deep_lora, gradient_init, lora_layers
 from maskrank.optim import adamw
 from maskrank.tasks import ImageClassifier
 from maskrank.tasks.adaptation import trainable_parameters
@@ -45,19 +49,36 @@ ARMS = {
     "lora_all": {"adaptation": "lora", "lora": {"r": 8}},
     "peft_qkv": {"adaptation": "lora", "lora": {"r": 8, "targets": ["qkv"], "engine": "peft"}},
     "peft_all": {"adaptation": "lora", "lora": {"r": 8, "engine": "peft"}},
+    "pissa_all": {"adaptation": "lora", "lora": {"r": 8, "init": "pissa"}},
+    "gradient_all": {"adaptation": "lora", "lora": {"r": 8, "init": "gradient"}},
+    "deep_all": {"adaptation": "lora", "lora": {"r": 8, "depth": 3}},
+    "deep_c4": {"adaptation": "lora", "lora": {"r": 8, "depth": 3, "compress_after": 1, "r_c": 4}},
+    "peft_dora": {"adaptation": "lora", "lora": {"r": 8, "engine": "peft", "use_dora": True}},
 }
+INIT_BATCHES = 4  # gradient_all: batches its init averages (timed against full fine-tune steps)
 
 
 class Arm:
     """One adapted classifier with its optimizer; ``step`` is one full training step."""
 
-    def __init__(self, name: str, preset: str, encoder_ckpt: str) -> None:
+    def __init__(
+        self, name: str, preset: str, encoder_ckpt: str, images: torch.Tensor, labels: torch.Tensor
+    ) -> None:
         self.name = name
         torch.manual_seed(0)  # same head in every arm
         self.model = ImageClassifier(
             vit={"preset": preset}, num_classes=10, encoder_ckpt=encoder_ckpt, **ARMS[name]
         )
         self.model.train()
+        spec = self.model.hparams.lora or {}
+        if spec.get("compress_after"):  # measure the compressed layer (ΔW is ~0 here anyway)
+            compress_deep_lora(self.model.model, spec["r_c"])
+        self.init_seconds = 0.0
+        if spec.get("init") == "gradient":
+            start = time.perf_counter()
+            batches = [(images, labels)] * INIT_BATCHES
+            gradient_init(self.model.model, batches, nn.functional.cross_entropy)
+            self.init_seconds = time.perf_counter() - start
         self.opt = adamw(self.model, lr=1e-3, weight_decay=0.05)
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -88,7 +109,8 @@ def _encoder_file(preset: str) -> str:
 def check_identical(preset: str, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Max relative gap of loss and adapter gradients between maskrank's and peft's LoRA."""
     encoder = _encoder_file(preset)
-    ours, theirs = Arm("lora_all", preset, encoder), Arm("peft_all", preset, encoder)
+    ours = Arm("lora_all", preset, encoder, images, labels)
+    theirs = Arm("peft_all", preset, encoder, images, labels)
     mine, peft_views = lora_layers(ours.model.model), lora_layers(theirs.model.model)
     assert mine.keys() == peft_views.keys()
     with torch.no_grad():
@@ -125,7 +147,7 @@ def memory_child(name: str, preset: str, batch: int, steps: int) -> None:
     exist, so ``growth_mb`` is what the training steps add and ``peak_mb`` the peak during them.
     """
     images, labels = _batch(batch)
-    arm = Arm(name, preset, _encoder_file(preset))
+    arm = Arm(name, preset, _encoder_file(preset), images, labels)
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
     before = _status_mb("VmRSS")
     for _ in range(steps):
@@ -143,6 +165,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
@@ -156,7 +179,7 @@ def main() -> None:
     assert gap < 1e-4, "maskrank's and peft's LoRA disagree"
 
     encoder = _encoder_file(args.preset)
-    arms = {name: Arm(name, args.preset, encoder) for name in args.arms}
+    arms = {name: Arm(name, args.preset, encoder, images, labels) for name in args.arms}
     times: dict[str, list[float]] = {name: [] for name in arms}
     ratios: dict[str, list[float]] = {name: [] for name in arms}
     for r in range(args.rounds):
@@ -177,7 +200,7 @@ def main() -> None:
         )
 
     memory = {}
-    for name in arms:
+    for name in [] if args.no_memory else arms:
         cmd = [
             sys.executable,
             __file__,
@@ -201,16 +224,25 @@ def main() -> None:
         f"{args.rounds} rounds x {args.steps} timed steps"
     )
     print(
-        f"{'arm':<10} {'trainable':>10} {'img/s':>7} {'vs full':>8} {'peak RSS':>9} {'step growth':>12}"
+        f"{'arm':<12} {'trainable':>10} {'img/s':>7} {'vs full':>8} {'peak RSS':>9} {'step growth':>12}"
     )
     for name, arm in arms.items():
         trainable, _ = trainable_parameters(arm.model)
         ips = args.batch / statistics.median(times[name])
         ratio = f"{statistics.median(ratios[name]):.2f}x" if ratios[name] else "-"
-        mem = memory[name]
+        mem = memory.get(name, {"peak_mb": float("nan"), "growth_mb": float("nan")})
         print(
-            f"{name:<10} {trainable:>10,} {ips:>7.1f} {ratio:>8} {mem['peak_mb']:>7.0f}MB "
+            f"{name:<12} {trainable:>10,} {ips:>7.1f} {ratio:>8} {mem['peak_mb']:>7.0f}MB "
             f"{mem['growth_mb']:>10.0f}MB"
+        )
+    step = {name: statistics.median(t) for name, t in times.items()}
+    if "deep_c4" in step and "lora_all" in step:
+        print(f"deep_c4 step / lora_all step: {step['deep_c4'] / step['lora_all']:.2f}x")
+    if "gradient_all" in arms and "full" in step:
+        seconds = arms["gradient_all"].init_seconds
+        print(
+            f"gradient init over {INIT_BATCHES} batches: {seconds:.2f}s = "
+            f"{seconds / (INIT_BATCHES * step['full']):.2f}x the time of {INIT_BATCHES} full steps"
         )
 
 

@@ -6,6 +6,12 @@ Every ``every_n_steps`` optimizer steps, for every adapted layer (``<module>`` a
 blocks as ``lora/<type>_mean/<metric>`` (e.g. ``lora/enc.qkv_mean/effective_rank``). The rank used
 is at most ``r``; how much of it the update fills is the measured answer to "how large must r be".
 
+For a Deep LoRA layer (``lora.depth: 3``, ``ΔW = (α/r) W₃W₂W₁``) it also logs each factor's
+spectrum, ``lora/<module>/w<l>/sv_<i>`` (per module only), and ``lora/<module>/w<l>/moved_sv``: how
+many of its singular values moved away from their common starting value ``init_scale`` (by more
+than 1 %; SCIENCE.md §8): the dimension of the subspace that factor's training used, averaged
+over blocks as ``lora/<type>_mean/w<l>/moved_sv``.
+
 ``ΔW`` is never formed: with thin QR factors ``B = Q_B R_B`` and ``Aᵀ = Q_A R_A``,
 ``ΔW = (α/r) Q_B (R_B R_Aᵀ) Q_Aᵀ`` has the singular values of the r x r matrix
 ``(α/r) R_B R_Aᵀ``, exactly, so a measurement costs O((d + k) r²) per layer.
@@ -20,10 +26,11 @@ import torch
 from torch import Tensor
 
 from maskrank.callbacks._common import module_type_name, sharded_skip, short_module_name
-from maskrank.metrics import singular_values, spectrum_metrics
+from maskrank.metrics import moved_singular_values, singular_values, spectrum_metrics
 from maskrank.models.lora import LoRAView, lora_layers
+from maskrank.models.lora.deep import DeepLoRALinear, deep_layers
 
-__all__ = ["LoRASpectrumMonitor", "lora_singular_values"]
+__all__ = ["LoRASpectrumMonitor", "deep_factor_spectra", "lora_singular_values"]
 
 _KEYS = ("effective_rank", "stable_rank", "energy_rank_0.9", "energy_rank_0.99", "frobenius_norm")
 
@@ -34,6 +41,19 @@ def lora_singular_values(view: LoRAView) -> Tensor:
     _, r_b = torch.linalg.qr(view.lora_b.detach().double())  # (r, r)
     _, r_a = torch.linalg.qr(view.lora_a.detach().double().t())  # (r, r)
     return singular_values(view.scaling * (r_b @ r_a.t()))
+
+
+@torch.no_grad()
+def deep_factor_spectra(layer: DeepLoRALinear) -> dict[str, float]:
+    """``w<l>/sv_<i>`` and ``w<l>/moved_sv`` of a Deep LoRA layer's factors at their current width."""
+    values: dict[str, float] = {}
+    for index, factor in enumerate(layer.factors(), start=1):
+        f = factor.detach().double()
+        start = layer.init_scale * torch.eye(*f.shape, dtype=f.dtype, device=f.device)
+        for i, sv in enumerate(singular_values(f).tolist(), start=1):
+            values[f"w{index}/sv_{i}"] = sv
+        values[f"w{index}/moved_sv"] = float(moved_singular_values(f, start))
+    return values
 
 
 class LoRASpectrumMonitor(pl.Callback):
@@ -66,6 +86,16 @@ class LoRASpectrumMonitor(pl.Callback):
         for kind, rows in by_type.items():
             for key in _KEYS:
                 metrics[f"lora/{kind}_mean/{key}"] = sum(r[key] for r in rows) / len(rows)
+        moved: dict[str, list[float]] = defaultdict(list)
+        for name, layer in deep_layers(pl_module).items():
+            short = short_module_name(name)
+            values = deep_factor_spectra(layer)
+            for key, value in values.items():
+                if key.endswith("moved_sv"):
+                    moved[f"lora/{module_type_name(short)}_mean/{key}"].append(value)
+                if self.per_module:
+                    metrics[f"lora/{short}/{key}"] = value
+        metrics.update({tag: sum(v) / len(v) for tag, v in moved.items()})
         return metrics
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -31,11 +31,12 @@ from maskrank.metrics import energy_rank_key, singular_values, spectrum_metrics
 from maskrank.models.lora import (
     DEFAULT_TARGETS,
     adapter_deltas,
-    save_adapter,
+    as_lora_spec,
     save_merged,
     target_matches,
     write_rank_map,
 )
+from maskrank.models.lora.export import save_lora_artefacts
 from maskrank.tasks.adaptation import fold_probe_head
 from maskrank.tasks.classification import ImageClassifier
 
@@ -176,8 +177,14 @@ def export_command(argv: list[str]) -> None:
     vit = model.model
     out = Path(args.out)
     if model.hparams.adaptation == "lora":
-        adapter = save_adapter(vit, out / "adapter", dropout=model.hparams.lora["dropout"])
-        print(f"adapter: {adapter}  (peft.PeftModel.from_pretrained(timm_model, '{adapter}'))")
+        written = save_lora_artefacts(vit, out, as_lora_spec(model.hparams.lora))
+        adapter, base = written["adapter"], written.get("base")
+        on = (
+            "timm_model"
+            if base is None
+            else f"timm.create_model('local-dir:{base}', pretrained=True)"
+        )
+        print(f"adapter: {adapter}  (peft.PeftModel.from_pretrained({on}, '{adapter}'))")
     vit.head = fold_probe_head(vit.head)
     merged = save_merged(vit, out / "timm")
     print(f"timm model: {merged}  (timm.create_model('local-dir:{merged}', pretrained=True))")

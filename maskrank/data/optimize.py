@@ -29,7 +29,6 @@ from typing import Any
 import litdata
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from maskrank.io.atomic import atomic_write_text
 from maskrank.data.hf_source import (
     class_names,
     encoded_image,
@@ -39,6 +38,7 @@ from maskrank.data.hf_source import (
 )
 from maskrank.data.optimized import META_NAME, SPLITS, DatasetMeta, is_url
 from maskrank.errors import ConfigError, DatasetNotFoundError
+from maskrank.io.atomic import atomic_write_text
 
 __all__ = ["data_command", "optimize_dataset"]
 

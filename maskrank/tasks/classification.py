@@ -12,6 +12,7 @@ Batches arrive already normalized (and augmented in training) by the datamodule'
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict
 
 import pytorch_lightning as pl
@@ -26,6 +27,8 @@ from maskrank.models.dropout import DropoutSpec
 from maskrank.models.dropout_apply import install_dropout
 from maskrank.models.features import EncoderFeatures, encoder_features
 from maskrank.models.lora import LoRASpec, as_lora_spec
+from maskrank.models.lora.deep import compress_deep_lora, factor_parameters
+from maskrank.models.lora.init import gradient_init
 from maskrank.models.vit import ViTSpec, as_spec
 from maskrank.optim import (
     OptimizerSpec,
@@ -65,7 +68,9 @@ class ImageClassifier(pl.LightningModule):
             0.65-0.75): block ``i`` of ``L`` trains at ``lr · layer_decay^(L - i)``.
         lora: adapter spec for ``adaptation: lora`` (``maskrank.models.lora.LoRASpec``: ``r``,
             ``alpha``, ``dropout``, ``targets`` among qkv/proj/fc1/fc2, ``rank_pattern`` (a map
-            or the file written by ``maskrank lora-rank``), ``alpha_pattern``, ``engine``).
+            or the file written by ``maskrank lora-rank``), ``alpha_pattern``, ``engine``,
+            ``init`` default/pissa/gradient (+ peft's inits), ``init_batches``, ``use_dora``,
+            ``use_rslora``, ``depth`` 1/3 (Deep LoRA), ``init_scale``, ``compress_after``, ``r_c``).
         dropout: dropout variant(s) installed in the ViT (``maskrank.models.dropout.DropoutSpec``:
             ``variant`` feature/attention/drop_path/dropconnect/token, ``rate``, ``where``,
             ``blocks``, ``targets``, ``mode``); a list combines variants. ``mode: explicit``
@@ -141,6 +146,10 @@ class ImageClassifier(pl.LightningModule):
         setup_adaptation(self.model, adaptation, lora_spec)  # after loading: adapters wrap it
         if optimizer_spec.name == "galore_adamw":
             galore_targets(self.model, optimizer_spec)  # after adaptation: trainable weights only
+        if lora_spec is not None and lora_spec.init == "gradient":
+            # set once the adapters are initialised from data; a resumed fit restores it (and the
+            # offset base weights), so the init never runs twice
+            self.register_buffer("lora_init_done", torch.tensor(False))
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -207,6 +216,44 @@ class ImageClassifier(pl.LightningModule):
         penalty = self.explicit_dropout.pop()  # summed over the hooked fc2s of this forward
         self.log("train/dropout_penalty", penalty)
         return loss + penalty
+
+    def on_train_start(self) -> None:
+        """``lora.init: gradient``: initialise the adapters from the first training batches, once.
+
+        The batches are drawn and augmented under a forked RNG, so training sees the random
+        stream it would see without the init.
+        """
+        if getattr(self, "lora_init_done", None) is None or bool(self.lora_init_done):
+            return
+        trainer, count = self.trainer, self.hparams.lora["init_batches"]
+        batches = itertools.islice(iter(trainer.train_dataloader), count)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            gradient_init(
+                self.model,
+                (trainer.strategy.batch_to_device(b) for b in batches),
+                lambda logits, y: F.cross_entropy(
+                    logits, y, label_smoothing=self.hparams.label_smoothing
+                ),
+                reduce=lambda t: trainer.strategy.reduce(t, reduce_op="mean"),
+            )
+        self.lora_init_done.fill_(True)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """Deep LoRA: compress the factors once ``lora.compress_after`` steps are done."""
+        spec = self.hparams.lora
+        if not spec or spec["depth"] != 3 or spec["compress_after"] is None:
+            return
+        if self.global_step < spec["compress_after"]:
+            return
+        changes = compress_deep_lora(self.model, as_lora_spec(spec).compressed_width)
+        if changes:  # the factors were rewritten: their optimizer state restarts
+            factors = factor_parameters(self.model, list(changes))
+            for optimizer in self.trainer.optimizers:
+                for param in factors:
+                    optimizer.state.pop(param, None)
+            worst = max(changes.values())
+            self.log("lora/compress/relative_change", worst, on_step=True, on_epoch=False)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "val")

@@ -47,3 +47,24 @@ def test_monitor_logs_per_module_and_means_during_fit(tmp_path):
     assert m["lora/enc.qkv_mean/frobenius_norm"] > 0  # B moved off zero
     tags = event_tags(tmp_path / "x" / "version_0")
     assert {"lora/enc.b01.fc2/energy_rank_0.9", "lora/enc.fc1_mean/stable_rank"} <= tags
+
+
+def test_monitor_logs_deep_lora_factor_spectra_and_moved_values(tiny_spec):
+    from maskrank.callbacks.lora import deep_factor_spectra
+    from maskrank.models.lora import DeepLoRALinear
+
+    model = tiny_spec.build(img_size=32, num_classes=4)
+    apply_lora(model, LoRASpec(r=4, depth=3, init_scale=0.01))
+    layer = model.blocks[0].attn.qkv
+    assert isinstance(layer, DeepLoRALinear)
+    fresh = deep_factor_spectra(layer)
+    assert {fresh[f"w{i}/moved_sv"] for i in (1, 2, 3)} == {0.0}  # all start at init_scale
+    assert abs(fresh["w2/sv_1"] - 0.01) < 1e-6
+    with torch.no_grad():  # W₂ = εQ becomes Q diag(100ε, ε, ε, ε): one singular value moves
+        layer.w2[:, 0] *= 100
+    assert deep_factor_spectra(layer)["w2/moved_sv"] == 1.0
+    holder = torch.nn.Module()
+    holder.model = model
+    metrics = LoRASpectrumMonitor(every_n_steps=1).measure(holder)
+    assert metrics["lora/enc.b00.qkv/w2/moved_sv"] == 1.0
+    assert metrics["lora/enc.qkv_mean/w2/moved_sv"] == 0.5  # one of the two blocks moved

@@ -5,6 +5,11 @@
   with no maskrank installed.
 - An **adapter** is a peft LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``):
   ``peft.PeftModel.from_pretrained(timm_model, DIR)`` loads it onto the un-adapted encoder.
+- An adapter whose init offsets the base (``pissa``, ``gradient``, peft's ``olora``...) loads onto
+  that **offset base**, written as a timm folder beside it (:func:`save_lora_artefacts`):
+  ``PeftModel.from_pretrained(timm.create_model("local-dir:OUT/base", pretrained=True),
+  "OUT/adapter")``. A Deep LoRA adapter is written as the equivalent plain LoRA of its width
+  (``B A`` the SVD factors of ``W₃ W₂ W₁``).
 """
 
 from __future__ import annotations
@@ -19,8 +24,12 @@ from torch import nn
 from maskrank.errors import ConfigError
 from maskrank.models.lora.inject import merge_lora
 from maskrank.models.lora.layer import delta_weight, lora_layers, unmerge_all
+from maskrank.models.lora.spec import LoRASpec
 
-__all__ = ["adapter_deltas", "save_adapter", "save_merged", "strip_lora"]
+__all__ = ["adapter_deltas", "save_adapter", "save_lora_artefacts", "save_merged", "strip_lora"]
+
+# inits that leave the base weight as it was (every other one offsets it)
+_BASE_KEEPING_INITS = ("default", "gaussian")
 
 
 def save_merged(model: nn.Module, out_dir: str | Path) -> Path:
@@ -46,7 +55,12 @@ def strip_lora(model: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def save_adapter(
-    model: nn.Module, out_dir: str | Path, dropout: float = 0.0, head: str | None = "head"
+    model: nn.Module,
+    out_dir: str | Path,
+    dropout: float = 0.0,
+    head: str | None = "head",
+    use_dora: bool = False,
+    use_rslora: bool = False,
 ) -> Path:
     """Save the adapters of ``model`` (and its trained ``head``) in peft's LoRA format.
 
@@ -54,7 +68,9 @@ def save_adapter(
     un-adapted encoder, with every adapted module listed by its full name with its own rank and
     alpha, and the head as a ``modules_to_save`` entry (it trains with the adapters). Loading it
     with ``PeftModel.from_pretrained`` on a timm model holding the same pretrained encoder
-    reproduces the adapted classifier. Returns the folder.
+    reproduces the adapted classifier (onto the offset base for an init that offsets it).
+    ``use_dora`` / ``use_rslora``: the adapters are peft's DoRA / rank-stabilised ones (their
+    magnitude vectors are copied too). Returns the folder.
     """
     # peft imports transformers (seconds), so only an export pays for it
     from peft import LoraConfig, get_peft_model
@@ -71,6 +87,8 @@ def save_adapter(
         rank_pattern={name: v.r for name, v in layers.items()},
         alpha_pattern={name: v.alpha for name, v in layers.items()},
         modules_to_save=[head] if head else None,
+        use_dora=use_dora,
+        use_rslora=use_rslora,
     )
     peft_model = get_peft_model(strip_lora(model), config)
     inner = peft_model.base_model.model
@@ -78,6 +96,9 @@ def save_adapter(
         target = inner.get_submodule(name)
         target.lora_A["default"].weight.copy_(view.lora_a)
         target.lora_B["default"].weight.copy_(view.lora_b)
+        if use_dora:
+            source = model.get_submodule(name).lora_magnitude_vector["default"]
+            target.lora_magnitude_vector["default"].weight.copy_(source.weight)
     if head:
         inner.get_submodule(head).modules_to_save["default"].load_state_dict(
             model.get_submodule(head).state_dict()
@@ -90,3 +111,24 @@ def save_adapter(
 def adapter_deltas(model: nn.Module) -> dict[str, torch.Tensor]:
     """``(α/r) B A`` of every adapted layer of ``model``, keyed by module name."""
     return {name: delta_weight(view) for name, view in lora_layers(model).items()}
+
+
+def save_lora_artefacts(model: nn.Module, out_dir: str | Path, spec: LoRASpec) -> dict[str, Path]:
+    """Write ``OUT/adapter`` (peft) and, for an init that offsets the base, ``OUT/base`` (timm).
+
+    Returns the folders written by name (``adapter``, and ``base`` when written).
+    """
+    out_dir = Path(out_dir)
+    written = {
+        "adapter": save_adapter(
+            model,
+            out_dir / "adapter",
+            dropout=spec.dropout,
+            use_dora=spec.use_dora,
+            use_rslora=spec.use_rslora,
+        )
+    }
+    if spec.init not in _BASE_KEEPING_INITS:
+        written["base"] = out_dir / "base"
+        save_for_hf(strip_lora(model).eval(), written["base"])
+    return written

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from maskrank.models.lora.deep import DeepLoRALinear, balanced_factors
 from maskrank.models.lora.kernel import lora_linear
 
 __all__ = ["LoRALinear", "LoRAView", "delta_weight", "lora_layers", "unmerge_all"]
@@ -107,7 +108,8 @@ def lora_layers(model: nn.Module) -> dict[str, LoRAView]:
     """Every adapted layer of ``model`` by module name, from maskrank's or peft's engine.
 
     A layer merged in place (:meth:`LoRALinear.merge`) is listed too: its ``base.weight`` then
-    already holds ``W₀ + ΔW``.
+    already holds ``W₀ + ΔW``. A Deep LoRA layer is viewed as the equivalent LoRA of its width:
+    ``B A`` the SVD factors of ``W₃ W₂ W₁`` (detached copies) and ``alpha = scale · width``.
     """
     # peft imports transformers (seconds): a model holds peft layers only if peft is imported
     peft_lora = sys.modules.get("peft.tuners.lora")
@@ -122,6 +124,11 @@ def lora_layers(model: nn.Module) -> dict[str, LoRAView]:
                 module.scaling,
                 module.alpha,
             )
+        elif isinstance(module, DeepLoRALinear):
+            w1, w2, w3 = (w.detach() for w in module.factors())
+            lora_b, lora_a = balanced_factors(w3, w2 @ w1)
+            alpha = module.scaling * module.width
+            views[name] = LoRAView(module.base_layer, lora_a, lora_b, module.scaling, alpha)
         elif peft_linear and isinstance(module, peft_linear):
             views[name] = LoRAView(
                 module.base_layer,

@@ -31,6 +31,12 @@ __all__ = [
 
 DEFAULT_TARGETS = ("qkv", "proj", "fc1", "fc2")
 ENGINES = ("maskrank", "peft")
+# adapter initialisations per engine; peft's are passed to its ``init_lora_weights`` (those that
+# need no data or quantisation config; ``pissa_niter_<n>`` is peft's fast-SVD PiSSA)
+INITS = {
+    "maskrank": ("default", "pissa", "gradient"),
+    "peft": ("default", "gaussian", "pissa", "olora", "orthogonal"),
+}
 
 
 @dataclass
@@ -53,6 +59,21 @@ class LoRASpec:
             (``alpha * r_layer / r``), so every layer starts with the same scale.
         engine: ``maskrank`` (one GEMM with the merged weight forward, no ``W₀`` gradient) or
             ``peft`` (peft's LoRA layers; same math).
+        init: how the adapter starts (SCIENCE.md §8). ``default``: ``A`` Kaiming, ``B`` zero.
+            ``pissa``: ``B A`` the top-``r`` SVD part of ``W₀`` and the residual frozen.
+            ``gradient`` (maskrank engine): ``A``, ``B`` from the top-``r`` singular vectors of the
+            full-weight gradient averaged over the first ``init_batches`` training batches, ``W₀``
+            offset by the initial update. Both keep the initial function. With ``engine: peft``
+            the value goes to peft's ``init_lora_weights`` (``pissa``, ``pissa_niter_<n>``,
+            ``olora``, ``gaussian``, ``orthogonal``).
+        init_batches: batches averaged by ``init: gradient``.
+        use_dora: peft's DoRA (weight-decomposed LoRA; ``engine: peft`` only).
+        use_rslora: peft's rank-stabilised scale ``alpha / sqrt(r)`` (``engine: peft`` only).
+        depth: 1 (LoRA) or 3 (Deep LoRA, maskrank engine: ``ΔW = (alpha/r) W₃ W₂ W₁``).
+        init_scale: Deep LoRA's factors start as ``init_scale`` x (semi-)orthogonal matrices.
+        compress_after: Deep LoRA: after this many optimizer steps, reduce every factor to its
+            top-``r_c`` singular subspace (the invariant subspace its training moved in).
+        r_c: Deep LoRA's compressed width (default ``max(1, r // 2)``; at most a layer's rank).
     """
 
     r: int = 8
@@ -62,6 +83,14 @@ class LoRASpec:
     rank_pattern: dict[str, int] | str | None = None
     alpha_pattern: dict[str, float] | None = None
     engine: Literal["maskrank", "peft"] = "maskrank"
+    init: str = "default"
+    init_batches: int = 4
+    use_dora: bool = False
+    use_rslora: bool = False
+    depth: int = 1
+    init_scale: float = 1e-3
+    compress_after: int | None = None
+    r_c: int | None = None
 
     def __post_init__(self) -> None:
         # errors name the task argument that holds the spec: lora.<field>
@@ -80,6 +109,77 @@ class LoRASpec:
             )
         if isinstance(self.rank_pattern, (str, Path)):
             self.rank_pattern = load_rank_map(self.rank_pattern)
+        self._check_init()
+        self._check_depth()
+
+    def _check_init(self) -> None:
+        inits = INITS[self.engine]
+        niter = self.engine == "peft" and re.fullmatch(r"pissa_niter_\d+", str(self.init))
+        if self.init not in inits and not niter:
+            other = [e for e in ENGINES if e != self.engine and self.init in INITS[e]]
+            hint = f" (engine {other[0]} has it)" if other else ""
+            raise ConfigError(
+                f"{{field}} = {self.init!r} is not an init of engine {self.engine}{hint}; "
+                f"expected one of {list(inits)}",
+                "lora.init",
+            )
+        if self.init == "gradient" and (
+            not isinstance(self.init_batches, int) or self.init_batches < 1
+        ):
+            raise ConfigError(
+                f"{{field}} = {self.init_batches!r} must be >= 1 for init: gradient",
+                "lora.init_batches",
+            )
+        for flag in ("use_dora", "use_rslora"):
+            if getattr(self, flag) and self.engine != "peft":
+                raise ConfigError(
+                    f"{{field}} is peft's option: it needs engine: peft (engine is {self.engine})",
+                    f"lora.{flag}",
+                )
+
+    def _check_depth(self) -> None:
+        if self.depth not in (1, 3):
+            raise ConfigError(f"{{field}} = {self.depth!r}: expected 1 or 3", "lora.depth")
+        check_interval(self.init_scale, "lora.init_scale", 0.0, low_open=True)
+        if self.depth == 1:
+            for name in ("compress_after", "r_c"):
+                if getattr(self, name) is not None:
+                    raise ConfigError(
+                        "{field} applies to Deep LoRA only: set lora.depth: 3", f"lora.{name}"
+                    )
+            return
+        if self.engine != "maskrank":
+            raise ConfigError(
+                "{field} = 3 (Deep LoRA) is maskrank's engine only: set lora.engine: maskrank",
+                "lora.depth",
+            )
+        if self.init != "default":
+            raise ConfigError(
+                f"{{field}} = {self.init!r}: Deep LoRA (depth 3) starts from its own "
+                "orthogonal init; use init: default",
+                "lora.init",
+            )
+        if self.compress_after is not None and (
+            not isinstance(self.compress_after, int) or self.compress_after < 1
+        ):
+            raise ConfigError(
+                f"{{field}} = {self.compress_after!r} must be >= 1 (optimizer steps)",
+                "lora.compress_after",
+            )
+        if self.r_c is not None:
+            if self.compress_after is None:
+                raise ConfigError(
+                    "{field} needs lora.compress_after (when to compress)", "lora.r_c"
+                )
+            if not isinstance(self.r_c, int) or not 1 <= self.r_c <= self.r:
+                raise ConfigError(
+                    f"{{field}} = {self.r_c!r} must be in [1, lora.r = {self.r}]", "lora.r_c"
+                )
+
+    @property
+    def compressed_width(self) -> int:
+        """Deep LoRA's width after compression (before clamping to a layer's own rank)."""
+        return self.r_c if self.r_c is not None else max(1, self.r // 2)
 
 
 def as_lora_spec(value: LoRASpec | dict | None) -> LoRASpec:
