@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from maskrank.cli import build_cli
 from maskrank.cli.adapt import load_classifier
+from maskrank.cli.lightning import build_cli
 from resume_helpers import max_abs_diff, read_steps, write_config
 from tests_helpers import TINY_VIT
 
