@@ -38,6 +38,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 import maskrank.data  # noqa: F401  (registers the datamodules for --data NAME)
 import maskrank.tasks  # noqa: F401  (registers the tasks for --model NAME)
 from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint
+from maskrank.callbacks.predictions import PredictionWriter
 from maskrank.cli.commands import commands_help
 from maskrank.cli.machine import configure_threads, warn_ignored_root_dir
 from maskrank.errors import CorruptFileError, MaskRankError, MissingFileError
@@ -49,6 +50,7 @@ ALWAYS_ON = {
     "nan_guard": NonFiniteGuard,
     "checkpoint": ModelCheckpoint,
     "lr_monitor": LearningRateMonitor,
+    "predictions": PredictionWriter,  # predict only: writes <run dir>/predictions.pt
 }
 
 DEFAULT_LOGGER = {
@@ -61,8 +63,10 @@ class TrainerSettingError(MaskRankError):
     """A Trainer setting this machine or this Lightning cannot honour."""
 
 
-def _facility_on(key: str, trainer_config: dict[str, Any]) -> bool:
+def _facility_on(key: str, trainer_config: dict[str, Any], subcommand: str | None = None) -> bool:
     """Whether the always-on callback ``key`` has its Trainer facility switched on."""
+    if key == "predictions":
+        return subcommand == "predict"
     if key == "checkpoint":
         return trainer_config.get("enable_checkpointing") is not False
     if key == "lr_monitor":
@@ -141,7 +145,7 @@ class MaskRankCLI(LightningCLI):
         callbacks = trainer_config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
         for key, callback in ALWAYS_ON.items():
-            if _facility_on(key, trainer_config):
+            if _facility_on(key, trainer_config, self.subcommand):
                 callbacks.append(callback(**self._section(key).as_dict()))
         accelerator = str(trainer_config.get("accelerator", "auto"))
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
