@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from maskrank.data.describe import class_names_of
+from maskrank.errors import ConfigError
 from maskrank.io.atomic import atomic_torch_save, atomic_write_text
 
 __all__ = ["PredictionWriter", "prediction_csv"]
@@ -60,6 +61,11 @@ class PredictionWriter(pl.Callback):
         self._parts = []
         if hasattr(pl_module, "predict_reconstructions"):
             pl_module.predict_reconstructions = self.reconstructions
+        elif self.reconstructions:
+            raise ConfigError(
+                f"--predictions.reconstructions true: {type(pl_module).__name__} has no decoder "
+                "to reconstruct images with (an MAEPretraining checkpoint has)"
+            )
 
     def on_predict_batch_end(
         self,

@@ -33,6 +33,7 @@ import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 import maskrank.data  # noqa: F401  (registers the datamodules for --data NAME)
@@ -41,7 +42,13 @@ from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint
 from maskrank.callbacks.predictions import PredictionWriter
 from maskrank.cli.commands import commands_help
 from maskrank.cli.machine import configure_threads, warn_ignored_root_dir
-from maskrank.errors import CorruptFileError, MaskRankError, MissingFileError
+from maskrank.errors import (
+    ConfigError,
+    CorruptFileError,
+    MaskRankError,
+    MissingFileError,
+    user_error_in,
+)
 from maskrank.io.checkpoint_io import AtomicCheckpointIO
 from maskrank.io.resume import RunConfigSaver, check_model_matches, prepare_ckpt_path
 from maskrank.io.run_dir import FailedRunCleanup
@@ -106,12 +113,34 @@ class MaskRankCLI(LightningCLI):
         )
         # Values the model must agree on with the data come from the instantiated datamodule and
         # are never typed twice: a value given under model.init_args is replaced by the data's.
+        parser.link_arguments(
+            "data", "model.init_args.num_classes", self._num_classes, apply_on="instantiate"
+        )
         for source, target in (
-            ("data.num_classes", "model.init_args.num_classes"),
             ("data.image_size", "model.init_args.img_size"),
             ("data.in_chans", "model.init_args.in_chans"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
+
+    _data: Any = None  # the instantiated datamodule, once the model's links read it
+
+    def _num_classes(self, data: Any) -> int:
+        """``data.num_classes`` for the model; keeps the datamodule to explain a bad count."""
+        self._data = data
+        return data.num_classes
+
+    def instantiate_classes(self) -> None:
+        """Instantiate; a class count the model refuses is explained by the datamodule's
+        ``describe_classes()`` (e.g. the image folder it found them in), where it has one."""
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            user_error = user_error_in(err)
+            describe = getattr(self._data, "describe_classes", None)
+            if isinstance(user_error, ConfigError) and user_error.field == "num_classes":
+                if describe is not None:
+                    raise ConfigError(f"{user_error}; {describe()}") from None
+            raise
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then resolve ``--ckpt_path last`` and check a given checkpoint file.
@@ -144,6 +173,11 @@ class MaskRankCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         callbacks = trainer_config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if self.subcommand != "predict" and self._section("predictions").reconstructions:
+            rank_zero_warn(
+                f"--predictions.reconstructions is for `maskrank predict`; `{self.subcommand}` "
+                "ignores it"
+            )
         for key, callback in ALWAYS_ON.items():
             if _facility_on(key, trainer_config, self.subcommand):
                 callbacks.append(callback(**self._section(key).as_dict()))

@@ -93,7 +93,9 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         spec = as_spec(vit)
         if num_classes < 2:
-            raise ConfigError(f"num_classes = {num_classes} must be >= 2 (set by the datamodule)")
+            raise ConfigError(
+                f"{{field}} = {num_classes} must be >= 2 (set by the datamodule)", "num_classes"
+            )
         check_interval(label_smoothing, "label_smoothing", 0.0, 1.0)
         check_adaptation(adaptation, layer_decay)
         # settings of a mode that is not selected would be silently ignored: refuse them
