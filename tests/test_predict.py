@@ -7,16 +7,38 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import _classifier, _config
+import yaml
 
 from maskrank.cli import main
 from maskrank.data import SyntheticLowRank
 from tests_helpers import TINY_DATA, TINY_VIT, event_tags
 
+CLASSIFIER = {"class_path": "maskrank.tasks.ImageClassifier", "init_args": {"vit": TINY_VIT}}
 MAE = {
     "class_path": "maskrank.tasks.MAEPretraining",
     "init_args": {"vit": TINY_VIT, "decoder_dim": 32, "decoder_depth": 1, "decoder_heads": 2},
 }
+
+
+def _config(tmp_path: Path, model: dict) -> Path:
+    """One epoch on the tiny data, logging to ``tmp_path/runs/exp/version_N``."""
+    logger = {"save_dir": str(tmp_path / "runs"), "name": "exp"}
+    cfg = {
+        "trainer": {
+            "max_epochs": 1,
+            "enable_model_summary": False,
+            "enable_progress_bar": False,
+            "logger": {
+                "class_path": "pytorch_lightning.loggers.TensorBoardLogger",
+                "init_args": logger,
+            },
+        },
+        "model": model,
+        "data": TINY_DATA,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 def _heldout() -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +101,7 @@ def test_mae_predict_reconstructions_keep_visible_patches(tmp_path):
 
 
 def test_classifier_predict_writes_csv_with_class_names(tmp_path, capsys):
-    cfg, ckpt = _fit(tmp_path, _classifier())
+    cfg, ckpt = _fit(tmp_path, CLASSIFIER)
     capsys.readouterr()
     main(["predict", "-c", str(cfg), "--ckpt_path", str(ckpt)])
     run = tmp_path / "runs" / "exp" / "version_1"

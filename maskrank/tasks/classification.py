@@ -224,7 +224,7 @@ class ImageClassifier(pl.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
         if datamodule is not None and hasattr(datamodule, "image_size"):
             self.data_config = data_config(datamodule)
-        if getattr(self, "data_config", None) is not None:
+        if self.data_config is not None:
             checkpoint["data_config"] = self.data_config
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
