@@ -46,7 +46,6 @@ __all__ = ["export_command", "load_classifier", "lora_rank_command", "update_del
 def load_classifier(path: str | Path, flag: str = "CKPT") -> ImageClassifier:
     """Rebuild the :class:`ImageClassifier` of a checkpoint (no file it was built from is read)."""
     path = resolve_checkpoint(path, flag)
-    path = resolve_checkpoint(path, flag)
     ckpt = load_checkpoint(path, flag)
     hparams, state = ckpt.get("hyper_parameters"), ckpt.get("state_dict")
     if not isinstance(hparams, dict) or not isinstance(state, dict):
@@ -66,6 +65,7 @@ def load_classifier(path: str | Path, flag: str = "CKPT") -> ImageClassifier:
     model.load_state_dict(state)
     # what the run started from, for `lora-rank` (not read here)
     model.hparams.update(encoder_ckpt=hparams.get("encoder_ckpt"))
+    model.data_config = ckpt.get("data_config")  # the training data's preprocessing, if recorded
     return model.eval()
 
 
@@ -174,6 +174,12 @@ def export_command(argv: list[str]) -> None:
     parser.add_argument("--out", required=True, help="folder to write timm/ (and adapter/) into")
     args = parser.parse_args(argv)
     model = load_classifier(args.ckpt)
+    if model.data_config is None:
+        raise ConfigError(
+            f"checkpoint {args.ckpt} (CKPT) records no data_config (the training data's mean, "
+            "std, input size and class names), so an export could not say how to feed the "
+            "model; export a checkpoint written by `maskrank fit` with a maskrank datamodule"
+        )
     vit = model.model
     out = Path(args.out)
     if model.hparams.adaptation == "lora":
@@ -186,5 +192,5 @@ def export_command(argv: list[str]) -> None:
         )
         print(f"adapter: {adapter}  (peft.PeftModel.from_pretrained({on}, '{adapter}'))")
     vit.head = fold_probe_head(vit.head)
-    merged = save_merged(vit, out / "timm")
+    merged = save_merged(vit, out / "timm", model.data_config)
     print(f"timm model: {merged}  (timm.create_model('local-dir:{merged}', pretrained=True))")

@@ -33,14 +33,22 @@ import yaml
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 import maskrank.data  # noqa: F401  (registers the datamodules for --data NAME)
 import maskrank.tasks  # noqa: F401  (registers the tasks for --model NAME)
 from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint
+from maskrank.callbacks.predictions import PredictionWriter
 from maskrank.cli.commands import commands_help
 from maskrank.cli.machine import configure_threads, warn_ignored_root_dir
-from maskrank.errors import CorruptFileError, MaskRankError, MissingFileError
+from maskrank.errors import (
+    ConfigError,
+    CorruptFileError,
+    MaskRankError,
+    MissingFileError,
+    user_error_in,
+)
 from maskrank.io.checkpoint_io import AtomicCheckpointIO
 from maskrank.io.resume import RunConfigSaver, check_model_matches, prepare_ckpt_path
 from maskrank.io.run_dir import FailedRunCleanup
@@ -49,6 +57,7 @@ ALWAYS_ON = {
     "nan_guard": NonFiniteGuard,
     "checkpoint": ModelCheckpoint,
     "lr_monitor": LearningRateMonitor,
+    "predictions": PredictionWriter,  # predict only: writes <run dir>/predictions.pt
 }
 
 DEFAULT_LOGGER = {
@@ -61,8 +70,10 @@ class TrainerSettingError(MaskRankError):
     """A Trainer setting this machine or this Lightning cannot honour."""
 
 
-def _facility_on(key: str, trainer_config: dict[str, Any]) -> bool:
+def _facility_on(key: str, trainer_config: dict[str, Any], subcommand: str | None = None) -> bool:
     """Whether the always-on callback ``key`` has its Trainer facility switched on."""
+    if key == "predictions":
+        return subcommand == "predict"
     if key == "checkpoint":
         return trainer_config.get("enable_checkpointing") is not False
     if key == "lr_monitor":
@@ -102,12 +113,34 @@ class MaskRankCLI(LightningCLI):
         )
         # Values the model must agree on with the data come from the instantiated datamodule and
         # are never typed twice: a value given under model.init_args is replaced by the data's.
+        parser.link_arguments(
+            "data", "model.init_args.num_classes", self._num_classes, apply_on="instantiate"
+        )
         for source, target in (
-            ("data.num_classes", "model.init_args.num_classes"),
             ("data.image_size", "model.init_args.img_size"),
             ("data.in_chans", "model.init_args.in_chans"),
         ):
             parser.link_arguments(source, target, apply_on="instantiate")
+
+    _data: Any = None  # the instantiated datamodule, once the model's links read it
+
+    def _num_classes(self, data: Any) -> int:
+        """``data.num_classes`` for the model; keeps the datamodule to explain a bad count."""
+        self._data = data
+        return data.num_classes
+
+    def instantiate_classes(self) -> None:
+        """Instantiate; a class count the model refuses is explained by the datamodule's
+        ``describe_classes()`` (e.g. the image folder it found them in), where it has one."""
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            user_error = user_error_in(err)
+            describe = getattr(self._data, "describe_classes", None)
+            if isinstance(user_error, ConfigError) and user_error.field == "num_classes":
+                if describe is not None:
+                    raise ConfigError(f"{user_error}; {describe()}") from None
+            raise
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, then resolve ``--ckpt_path last`` and check a given checkpoint file.
@@ -140,8 +173,13 @@ class MaskRankCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         callbacks = trainer_config.get("callbacks") or []
         callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+        if self.subcommand != "predict" and self._section("predictions").reconstructions:
+            rank_zero_warn(
+                f"--predictions.reconstructions is for `maskrank predict`; `{self.subcommand}` "
+                "ignores it"
+            )
         for key, callback in ALWAYS_ON.items():
-            if _facility_on(key, trainer_config):
+            if _facility_on(key, trainer_config, self.subcommand):
                 callbacks.append(callback(**self._section(key).as_dict()))
         accelerator = str(trainer_config.get("accelerator", "auto"))
         if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():

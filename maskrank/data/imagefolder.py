@@ -114,6 +114,12 @@ class ImageFolderDataModule(InMemoryImageDataModule):
             std = _IMAGENET_STD if in_chans == 3 else (0.5,)
         self._set_geometry(len(self.classes), in_chans, image_size, mean, std)
 
+    def describe_classes(self) -> str:
+        """Where the classes come from and which they are, for a message about their count."""
+        found = ", ".join(self.classes)
+        count = f"{len(self.classes)} class folder{'' if len(self.classes) == 1 else 's'}"
+        return f"{self._folders['train']} has {count} ({found}); a classifier needs two or more"
+
     # ---------------------------------------------------------------- layout
     def _find_train(self) -> str:
         """``<root>/train``, or a DatasetNotFoundError explaining the expected layout."""

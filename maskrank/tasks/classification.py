@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from maskrank.data.describe import data_config
 from maskrank.errors import ConfigError, check_interval, flag_of
 from maskrank.io.checkpoints import load_encoder, resolve_checkpoint
 from maskrank.models.dropout import DropoutSpec
@@ -107,7 +108,9 @@ class ImageClassifier(pl.LightningModule):
         super().__init__()
         spec = as_spec(vit)
         if num_classes < 2:
-            raise ConfigError(f"num_classes = {num_classes} must be >= 2 (set by the datamodule)")
+            raise ConfigError(
+                f"{{field}} = {num_classes} must be >= 2 (set by the datamodule)", "num_classes"
+            )
         check_interval(label_smoothing, "label_smoothing", 0.0, 1.0)
         check_adaptation(adaptation, layer_decay)
         # settings of a mode that is not selected would be silently ignored: refuse them
@@ -153,6 +156,8 @@ class ImageClassifier(pl.LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
+        # held-out preprocessing + class names of the training data (maskrank.data.describe)
+        self.data_config: dict | None = None
 
     def train(self, mode: bool = True):
         """A linear probe's frozen encoder stays in eval mode (no dropout, fixed statistics)."""
@@ -261,10 +266,30 @@ class ImageClassifier(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._step(batch, "test")
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """Predicted class indices (B,)."""
+    # ------------------------------------------------------------ predict and export
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """Per image: ``pred`` (B,) class index, ``probs`` and ``logits`` (B, num_classes), and
+        ``label`` (B,) when the data is labelled; ``maskrank predict`` writes them to the run
+        directory (:class:`~maskrank.callbacks.predictions.PredictionWriter`)."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).argmax(dim=-1)
+        logits = self(images)
+        out = {"pred": logits.argmax(dim=-1), "probs": logits.softmax(dim=-1), "logits": logits}
+        if isinstance(batch, (tuple, list)) and len(batch) > 1:
+            out["label"] = batch[1]
+        return out
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The held-out preprocessing and class names of the training data, so an export can
+        # describe its inputs (maskrank export -> timm's config.json); kept from a loaded
+        # checkpoint when no datamodule is attached.
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "image_size"):
+            self.data_config = data_config(datamodule)
+        if self.data_config is not None:
+            checkpoint["data_config"] = self.data_config
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.data_config = checkpoint.get("data_config")
 
     def configure_optimizers(self):
         hp = self.hparams

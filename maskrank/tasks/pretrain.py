@@ -1,9 +1,12 @@
 """MAE pretraining as a thin LightningModule (SCIENCE.md §5).
 
-Logged tags: ``train/loss``, ``train/mask_ratio``, ``val/loss`` (reconstruction loss on masked
-patches; validation masks with a fixed-seed generator so epochs are comparable); with
-``online_probe`` also ``train/online_probe_loss`` and ``eval/online_linear_acc``, with
-``uniformity_weight > 0`` also ``train/uniformity`` (SCIENCE.md §9, :mod:`maskrank.tasks.online_probe`).
+Logged tags: ``train/loss``, ``train/mask_ratio``, ``val/loss``, ``test/loss`` (reconstruction loss
+on masked patches; validation and test mask with a fixed-seed generator so epochs are comparable);
+with ``online_probe`` also ``train/online_probe_loss`` and ``eval/online_linear_acc``, with
+``uniformity_weight > 0`` also ``train/uniformity`` (SCIENCE.md §9,
+:mod:`maskrank.tasks.online_probe`). ``predict`` returns each image's CLS and mean-patch features
+(and, when asked, its reconstruction), which
+:class:`~maskrank.callbacks.predictions.PredictionWriter` writes to the run directory.
 The learning rate follows MAE's rule ``lr = base_lr * effective_batch / 256`` unless ``lr`` is set.
 """
 
@@ -22,7 +25,7 @@ from maskrank.metrics import uniformity_loss
 from maskrank.models.dropout import DropoutSpec
 from maskrank.models.dropout_apply import install_dropout
 from maskrank.models.features import EncoderFeatures
-from maskrank.models.mae import AttentionImpl, MaskedAutoencoder
+from maskrank.models.mae import AttentionImpl, MaskedAutoencoder, patchify, unpatchify
 from maskrank.models.masking import MaskingSpec, Strategy
 from maskrank.models.vit import ViTSpec, as_spec
 from maskrank.optim import (
@@ -177,6 +180,8 @@ class MAEPretraining(pl.LightningModule):
         )
         self._ratio_rng = random.Random(0)
         self._val_generator: torch.Generator | None = None
+        # set by PredictionWriter (--predictions.reconstructions); not a hyperparameter
+        self.predict_reconstructions = False
 
     @property
     def encoder(self):
@@ -260,6 +265,45 @@ class MAEPretraining(pl.LightningModule):
             logits = self.online_probe(latent_feature(latent, self.hparams.probe_feature))
             accuracy = (logits.argmax(dim=1) == batch[1]).float().mean()
             self.log("eval/online_linear_acc", accuracy, batch_size=images.shape[0], sync_dist=True)
+
+    # ------------------------------------------------------------ test and predict
+    def on_test_epoch_start(self) -> None:
+        # the validation masks, so test/loss and val/loss of one checkpoint are comparable
+        self._val_generator = torch.Generator(device=self.device).manual_seed(VAL_MASK_SEED)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        """Masked reconstruction loss on the test split (``test/loss``), fixed masks."""
+        images = batch[0]
+        ratio = self.masking.eval_ratio
+        loss, _, _ = self.mae(images, ratio, self.masking.strategy, self._val_generator)
+        self.log("test/loss", loss, batch_size=images.shape[0], sync_dist=True)
+
+    def on_predict_epoch_start(self) -> None:
+        self._val_generator = torch.Generator(device=self.device).manual_seed(VAL_MASK_SEED)
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """What a pretrained encoder gives a user, per image.
+
+        Returns ``cls`` and ``patch_mean`` (B, D): the unmasked encoder's final normalized CLS
+        token and mean patch token; ``label`` (B,) when the data is labelled; with
+        ``predict_reconstructions``, ``recon`` (B, C, H, W): the image rebuilt from its visible
+        patches plus the decoder's prediction of the masked ones (in the model's normalized
+        input space, masks as in validation) and ``mask`` (B, L), 1 on masked patches.
+        """
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        features = self.mae.encode(images)
+        out = {"cls": features.cls, "patch_mean": features.patch_mean}
+        if isinstance(batch, (tuple, list)) and len(batch) > 1:
+            out["label"] = batch[1]
+        if self.predict_reconstructions:
+            mae, ratio = self.mae, self.masking.eval_ratio
+            _, pred, mask = mae(images, ratio, self.masking.strategy, self._val_generator)
+            pred = mae.unnormalize_prediction(pred, images, mask)  # (B, L, P) input space
+            patches = patchify(images, mae.patch)
+            merged = torch.where(mask.bool().unsqueeze(-1), pred, patches)
+            out["recon"] = unpatchify(merged, mae.patch, mae.grid, mae.chans)
+            out["mask"] = mask
+        return out
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from timm.models._hub import save_for_hf
@@ -26,20 +27,55 @@ from maskrank.models.lora.inject import merge_lora
 from maskrank.models.lora.layer import delta_weight, lora_layers, unmerge_all
 from maskrank.models.lora.spec import LoRASpec
 
-__all__ = ["adapter_deltas", "save_adapter", "save_lora_artefacts", "save_merged", "strip_lora"]
+__all__ = [
+    "adapter_deltas",
+    "export_pretrained_cfg",
+    "save_adapter",
+    "save_lora_artefacts",
+    "save_merged",
+    "strip_lora",
+]
 
 # inits that leave the base weight as it was (every other one offsets it)
 _BASE_KEEPING_INITS = ("default", "gaussian")
 
 
-def save_merged(model: nn.Module, out_dir: str | Path) -> Path:
+# What timm's pretrained_cfg keeps of the model's own entry: its architecture and layout, never
+# the weights' source (url, hub id, tag, licence) nor its preprocessing, which ``data`` replaces.
+_LAYOUT_KEYS = ("architecture", "fixed_input_size", "first_conv", "classifier")
+_DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def export_pretrained_cfg(model: nn.Module, data: dict[str, Any]) -> dict[str, Any]:
+    """A timm ``pretrained_cfg`` for ``model`` trained on ``data`` (:mod:`maskrank.data.describe`).
+
+    ``timm.data.resolve_data_config({}, model=...)`` on the exported model then yields the
+    training data's held-out preprocessing.
+    """
+    own = getattr(model, "pretrained_cfg", {}) or {}
+    cfg = {k: own[k] for k in _LAYOUT_KEYS if k in own}
+    cfg.update({k: data[k] for k in _DATA_KEYS})
+    cfg["input_size"] = tuple(cfg["input_size"])
+    cfg["mean"], cfg["std"] = tuple(cfg["mean"]), tuple(cfg["std"])
+    cfg["num_classes"] = model.num_classes
+    return cfg
+
+
+def save_merged(model: nn.Module, out_dir: str | Path, data: dict[str, Any] | None = None) -> Path:
     """Save ``model`` (a timm ViT, adapted or not) with adapters merged, as a timm model folder.
 
-    The model itself is not modified (a copy is merged). Returns the folder.
+    With ``data`` (the training data's preprocessing and ``class_names``, as recorded in a
+    classifier checkpoint), ``config.json`` describes that data (``pretrained_cfg`` and
+    ``label_names``) instead of the defaults of the timm architecture. The model itself is not
+    modified (a copy is merged). Returns the folder.
     """
     out_dir = Path(out_dir)
     merged = merge_lora(copy.deepcopy(model)).eval()
-    save_for_hf(merged, out_dir)
+    model_config = None
+    if data is not None:
+        merged.pretrained_cfg = export_pretrained_cfg(merged, data)
+        model_config = {"label_names": list(data["class_names"])}
+    save_for_hf(merged, out_dir, model_config=model_config)
     return out_dir
 
 
