@@ -15,9 +15,11 @@ def tiny_spec() -> ViTSpec:
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
-    # Keep tests independent of each other's RNG use.
+def _deterministic_threads(monkeypatch):
+    # Keep tests independent of each other's RNG use, and of a seed_everything() an earlier
+    # in-process fit exported (PL_GLOBAL_SEED seeds the training order and the file crops).
     torch.manual_seed(0)
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     yield
 
 

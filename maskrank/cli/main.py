@@ -7,6 +7,7 @@ when jsonargparse or Lightning wrap it) ends the command with one line on stderr
 
 from __future__ import annotations
 
+import os
 import sys
 
 from maskrank import __version__
@@ -36,6 +37,10 @@ def main(args: list[str] | None = None) -> None:
     if argv[0] == "--version":
         print(f"maskrank {__version__}")
         return
+    # OpenMP threads that wait for work sleep instead of spinning: two runs on the same cores
+    # then share them instead of burning each other's time (scripts/bench_shared_cpu.py).
+    # Read once, when torch loads below; a value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = COMMANDS.get(argv[0])
     if command is None:
         print(

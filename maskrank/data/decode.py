@@ -10,7 +10,7 @@ call them inside DataLoader workers.
 Decoding:
 
 * JPEGs are decoded by ``simplejpeg`` (libjpeg-turbo), which measured faster than PIL on
-  ImageNet-sized files (docs/results/data.md); other formats, CMYK JPEGs and a missing
+  ImageNet-sized files (docs/RESULTS.md); other formats, CMYK JPEGs and a missing
   ``simplejpeg`` use PIL.
 * When the box is at least twice the output size on both sides, the JPEG is decoded at 1/2, 1/4 or
   1/8 size by libjpeg's DCT scaling (PIL's draft mode does the same), and the box is scaled with

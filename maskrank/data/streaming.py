@@ -3,7 +3,7 @@
 For data that does not fit on one machine's disk, or training on many machines: litdata shards the
 chunks over ranks and nodes (every sample once per epoch, the same count on every rank), downloads
 them from an object store in the background into a local cache, and can start mid-epoch. See
-docs/results/streaming.md for the multi-node recipe.
+docs/guides/streaming.md for the multi-node recipe.
 
 Batches are ``(uint8 (B, C, S, S), int64 (B,))`` like every maskrank datamodule. Training crops are
 taken from the original image in the loader workers (``RandomResizedCrop`` + flip, seeded by

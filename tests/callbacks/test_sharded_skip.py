@@ -72,6 +72,6 @@ def test_monitors_skip_under_fsdp_without_touching_the_model(monitor, hook):
 
 
 def test_lightning_refuses_fsdp_on_cpu():
-    """What was not run here: FSDP fits need a GPU (see docs/results/streaming.md)."""
+    """What was not run here: FSDP fits need a GPU (see docs/guides/streaming.md)."""
     with pytest.raises(ValueError, match="requires a GPU accelerator"):
         pl.Trainer(accelerator="cpu", devices=1, strategy="fsdp")
