@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from maskrank.callbacks import RepresentationRankMonitor
 from maskrank.callbacks._common import eval_mode
-from maskrank.callbacks.representation import merge_shards, shard_bounds
+from maskrank.callbacks.representation import merge_shards, shard_bounds, spectrum_figure
 from maskrank.metrics import alpha_req, effective_rank, participation_ratio
 from maskrank.models.features import EncoderFeatures
 
@@ -125,3 +125,24 @@ def test_eval_mode_restores_each_submodule():
     with eval_mode(model):
         assert not any(m.training for m in model.modules())
     assert [m.training for m in model.modules()] == before
+
+
+def test_spectrum_figure_says_what_it_shows_in_the_meaningful_range():
+    sv = torch.tensor([10.0, 1.0, 1e-3, 1e-9])  # the last one is numerical noise
+    metrics = {
+        "rank/final_cls/effective_rank": 1.5,
+        "rank/block00_cls/effective_rank": 2.0,
+        "rank/block01_cls/effective_rank": 3.0,
+        "rank/block01_mean/effective_rank": 4.0,
+    }
+    figure = spectrum_figure({"final_cls": sv, "final_mean": sv}, metrics)
+    left, right = figure.axes
+    assert left.get_ylim()[0] == pytest.approx(1e-4)  # noise floor, not 1e-10
+    labels = [t.get_text() for t in left.get_legend().get_texts()]
+    assert labels == ["CLS token (effective rank 1.5)", "mean patch token"]
+    ticks = right.get_xticks()
+    assert all(float(t).is_integer() for t in ticks)
+    assert [t.get_text() for t in right.get_legend().get_texts()] == [
+        "CLS token",
+        "mean patch token",
+    ]

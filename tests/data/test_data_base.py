@@ -188,3 +188,15 @@ def test_lightning_trainer_gets_normalized_augmented_batches() -> None:
     trainer.validate(model, datamodule=dm, verbose=False)
     first_val = dm._split("heldout").images[:8]
     assert torch.equal(model.val_batches[0], to_float(first_val, dm.mean, dm.std))
+
+
+def test_the_batch_size_check_counts_the_processes() -> None:
+    dm = tiny(batch_size=16)  # 40 training images: enough for one process, not for each of three
+    dm.trainer = SimpleNamespace(world_size=1)
+    dm.setup("fit")
+    dm = tiny(batch_size=16)
+    dm.trainer = SimpleNamespace(world_size=3)
+    with pytest.raises(
+        ConfigError, match=r"batch_size 16 .*13 training images each of the 3 processes"
+    ):
+        dm.setup("fit")

@@ -16,6 +16,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from maskrank.cli import main
 from maskrank.cli.sweep import run_sweep
 from maskrank.errors import ConfigError
+from maskrank.sweep.report import intrinsic_rank
 from tests_helpers import TINY_DATA, TINY_VIT, event_tags
 
 TRAINER = {
@@ -192,3 +193,18 @@ def test_two_stages_hand_the_checkpoint_on(tmp_path):
         (row,) = list(csv.DictReader(f))
     assert {"pretrain:val/loss", "finetune:val/acc", "finetune:val/loss"} <= set(row)
     assert float(row["pretrain.model.init_args.mask_ratio"]) == 0.75
+
+
+def test_report_plots_every_curve_group_with_the_intrinsic_rank(grid_sweep, capsys):
+    _, out, _, _ = grid_sweep
+    run = out / CELLS[0]
+    assert intrinsic_rank(run) == 4 * 2  # TINY_DATA: 4 classes x rank 2
+    main(["report", str(run)])
+    capsys.readouterr()
+    names = {p.name for p in (run / "plots").glob("*.png")}
+    assert {"group_train.png", "group_val.png"} <= names
+    groups = {
+        n.removeprefix("group_").removesuffix(".png") for n in names if n.startswith("group_")
+    }
+    tags = {t.split("/", 1)[0] for t in event_tags(run) if "/" in t}
+    assert groups == tags  # one plot per tag group, none missing
