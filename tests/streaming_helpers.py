@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from pytorch_lightning import Callback
 
 CLASSES = ("ant", "bee", "cat", "dog")
 
@@ -52,3 +53,20 @@ def stream_config(root: Path, **extra) -> dict:
     """A StreamingDataModule config entry for the tiny ViT (32 px)."""
     init = {"root": str(root), "image_size": 32, "batch_size": 8, "num_workers": 0, **extra}
     return {"class_path": "maskrank.data.StreamingDataModule", "init_args": init}
+
+
+# defined here, not in a test module: ddp_spawn workers unpickle it by module name
+class SeenIds(Callback):
+    """Each rank appends the image ids of its training batches to ``<folder>/rank<r>_epoch<e>``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        dm = trainer.datamodule
+        images = batch[0]  # normalized float (B, 3, 32, 32) of flat images
+        red = images[:, 0, 16, 16] * dm.std[0] + dm.mean[0]  # (B,) on the 0..1 scale
+        ids = ((red * 255).round().long() - 1) // 3
+        name = self.folder / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}"
+        with name.open("a") as handle:
+            handle.write("".join(f"{int(i)}\n" for i in ids))

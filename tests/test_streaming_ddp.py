@@ -16,23 +16,7 @@ from maskrank.data import StreamingDataModule
 from maskrank.data.optimize import optimize_dataset
 from maskrank.tasks import MAEPretraining
 from resume_helpers import max_abs_diff, tiny_mae_model
-from streaming_helpers import write_image_folder
-
-
-class SeenIds(Callback):
-    """Each rank appends the image ids of its training batches to ``<folder>/rank<r>_epoch<e>``."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        dm = trainer.datamodule
-        images = batch[0]  # normalized float (B, 3, 32, 32) of flat images
-        red = images[:, 0, 16, 16] * dm.std[0] + dm.mean[0]  # (B,) on the 0..1 scale
-        ids = ((red * 255).round().long() - 1) // 3
-        name = self.folder / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}"
-        with name.open("a") as handle:
-            handle.write("".join(f"{int(i)}\n" for i in ids))
+from streaming_helpers import SeenIds, write_image_folder
 
 
 def _fit(root: Path, tmp_path: Path, *callbacks: Callback, ckpt_path: str | None = None) -> dict:
