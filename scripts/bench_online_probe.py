@@ -179,6 +179,8 @@ def track(args) -> None:
         online_probe=True,
         num_classes=data.num_classes,
         probe_lr=args.probe_lr,
+        probe_input=args.probe_input,
+        probe_every_n_steps=args.probe_every,
     )
     offline, knn = OfflineProbe(args.bank), OnlineKNN(every_n_epochs=1, bank_size=args.bank)
     online: list[float] = []
@@ -207,9 +209,8 @@ def track(args) -> None:
         start = time.perf_counter()
         trainer.fit(model, datamodule=data)
         print(f"fit: {time.perf_counter() - start:.0f} s")
-    print(
-        "\n| epoch | online (visible CLS) | offline linear (unmasked CLS) | k-NN (unmasked CLS) |"
-    )
+    design = f"{args.probe_input}/{args.probe_every}" if args.probe_input == "unmasked" else "visible"
+    print(f"\n| epoch | online ({design}, lr {args.probe_lr:g}) | offline linear | k-NN |")
     print("| ---: | ---: | ---: | ---: |")
     for row, acc, k in zip(offline.rows, online, knn_rows, strict=False):
         print(f"| {row['epoch']} | {acc:.3f} | {row['offline']:.3f} | {k:.3f} |")
@@ -227,6 +228,8 @@ def main() -> None:
     parser.add_argument("--train-size", type=int, default=5000)
     parser.add_argument("--bank", type=int, default=1000)
     parser.add_argument("--probe-lr", type=float, default=1e-3)
+    parser.add_argument("--probe-input", choices=["unmasked", "visible"], default="unmasked")
+    parser.add_argument("--probe-every", type=int, default=4, help="unmasked: every N-th batch")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
     if args.track:

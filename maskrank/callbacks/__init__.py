@@ -5,6 +5,7 @@ fit (or skips its step) before a NaN/inf loss or gradient reaches the weights, a
 :class:`RngStateCheckpoint` puts the RNG state of a checkpoint back when a fit resumes.
 """
 
+from maskrank.callbacks.cost import TrainingCost
 from maskrank.callbacks.dropout import DropoutPenaltyMonitor
 from maskrank.callbacks.galore import GaLoreMonitor
 from maskrank.callbacks.knn import OnlineKNN
@@ -26,5 +27,6 @@ __all__ = [
     "ReconstructionLogger",
     "RepresentationRankMonitor",
     "RngStateCheckpoint",
+    "TrainingCost",
     "WeightSpectrumMonitor",
 ]

@@ -72,28 +72,59 @@ def load_classifier(path: str | Path, flag: str = "CKPT") -> ImageClassifier:
 def update_deltas(
     model: ImageClassifier, base: str | Path | None, targets: list[str], flag: str = "--base"
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(ΔW, W₀)`` per module: ``(α/r) B A`` for LoRA, ``W - W₀`` for a fine-tune from ``base``."""
+    """``(ΔW, W₀)`` per module: what training moved each weight by, and where it started.
+
+    A fine-tune: ``W - W₀`` with ``W₀`` from ``base``. LoRA with the default init: ``(α/r) B A``
+    (it starts at zero on the unchanged ``W₀``). LoRA whose init offsets the base (PiSSA,
+    gradient, peft's SVD inits): ``W_merged - W₀``, since ``(α/r) B A`` also holds the initial
+    ``(α/r) B₀A₀`` that the offset base cancels.
+    """
     if model.hparams.adaptation == "lora":
         deltas = adapter_deltas(model.model)
-        bases = {n: model.model.get_submodule(n).weight.detach() for n in deltas}
-        return deltas, bases
+        if not as_lora_spec(model.hparams.get("lora")).offsets_base:
+            bases = {n: model.model.get_submodule(n).weight.detach() for n in deltas}
+            return deltas, bases
+        merged = {n: model.model.get_submodule(n).weight.detach() + d for n, d in deltas.items()}
+        start = _start_weights(model, base, flag, "an offset-init LoRA run")
+        return _moved_from(merged, start, flag)
+    start = _start_weights(model, base, flag, "the fine-tune")
+    weights = {
+        name: module.weight.detach()
+        for name, module in model.model.named_modules()
+        if isinstance(module, torch.nn.Linear) and any(target_matches(name, t) for t in targets)
+    }
+    if not weights:
+        raise ConfigError(f"--targets {targets} match no Linear layer of the encoder")
+    return _moved_from(weights, start, flag)
+
+
+def _start_weights(
+    model: ImageClassifier, base: str | Path | None, flag: str, what: str
+) -> tuple[str | Path, dict[str, torch.Tensor]]:
+    """The checkpoint a run started from (``base`` or its ``encoder_ckpt``) and its weights."""
     base = base or model.hparams.get("encoder_ckpt")
     if base is None:
         raise ConfigError(
-            f"{flag}: the fine-tune started from random weights (no encoder_ckpt in its "
-            "hyper-parameters); give the checkpoint it started from with --base"
+            f"{flag}: {what} has no encoder_ckpt in its hyper-parameters; give the checkpoint "
+            "it started from with --base"
         )
-    start = encoder_state_dict(base, flag)
+    return base, encoder_state_dict(base, flag)
+
+
+def _moved_from(
+    weights: dict[str, torch.Tensor],
+    start: tuple[str | Path, dict[str, torch.Tensor]],
+    flag: str,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(W - W₀, W₀)`` per module name, every ``W₀`` checked against ``W``'s shape."""
+    path, state = start
     deltas, bases = {}, {}
-    for name, module in model.model.named_modules():
+    for name, weight in weights.items():
         key = f"{name}.weight"
-        if isinstance(module, torch.nn.Linear) and any(target_matches(name, t) for t in targets):
-            if key not in start or start[key].shape != module.weight.shape:
-                raise ConfigError(f"checkpoint {base} ({flag}) has no weight {key} of this shape")
-            bases[name] = start[key]
-            deltas[name] = module.weight.detach() - start[key]
-    if not deltas:
-        raise ConfigError(f"--targets {targets} match no Linear layer of the encoder")
+        if key not in state or state[key].shape != weight.shape:
+            raise ConfigError(f"checkpoint {path} ({flag}) has no weight {key} of this shape")
+        bases[name] = state[key]
+        deltas[name] = weight - state[key].to(weight.dtype)
     return deltas, bases
 
 

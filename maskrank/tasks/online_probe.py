@@ -1,12 +1,13 @@
 """The online linear probe and the uniformity term of MAE pretraining (SCIENCE.md §9).
 
-Both read the encoder's output on the *visible* tokens of the training step's own masked pass
-(latent (B, 1 + K, D)), so neither needs a forward pass of its own:
-
-* the probe (BatchNorm without affine parameters, then a linear layer, as in MAE's linear-probe
-  protocol) sees the features detached, so its loss never reaches the encoder;
-* the uniformity term (Wang & Isola 2020; U-MAE, Zhang et al. 2022) sees them with their graph and
-  pushes the encoder to spread them over more directions.
+* The probe (BatchNorm without affine parameters, then a linear layer, as in MAE's linear-probe
+  protocol) sees its features detached, so its loss never reaches the encoder. It reads either
+  an extra gradient-free, eval-mode pass of the encoder over every token (``unmasked``: the
+  features an offline probe reads; :func:`unmasked_feature`) or the training step's own masked
+  pass over the visible tokens (``visible``: latent (B, 1 + K, D), no extra pass, but features an
+  offline probe never sees: the CLS token of 25 % of the patches).
+* The uniformity term (Wang & Isola 2020; U-MAE, Zhang et al. 2022) reads the visible-token latent
+  with its graph and pushes the encoder to spread it over more directions.
 """
 
 from __future__ import annotations
@@ -16,14 +17,31 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["Feature", "OnlineLinearProbe", "latent_feature"]
+__all__ = ["Feature", "OnlineLinearProbe", "ProbeInput", "latent_feature", "unmasked_feature"]
 
 Feature = Literal["cls", "mean"]
+ProbeInput = Literal["unmasked", "visible"]
 
 
 def latent_feature(latent: torch.Tensor, feature: Feature) -> torch.Tensor:
     """The CLS token or the mean of the visible patch tokens of ``latent`` (B, 1 + K, D) -> (B, D)."""
     return latent[:, 0] if feature == "cls" else latent[:, 1:].mean(dim=1)
+
+
+@torch.no_grad()
+def unmasked_feature(encode, module: nn.Module, images: torch.Tensor, feature: Feature):
+    """``encode(images)``'s CLS or mean-patch feature (B, D), with ``module`` in eval mode.
+
+    Eval mode draws no dropout masks, so the extra pass leaves the global RNG (and with it the
+    masks and dropout of every later training step) as it was; the mode is restored after.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        features = encode(images)
+    finally:
+        module.train(was_training)
+    return features.cls if feature == "cls" else features.patch_mean
 
 
 class OnlineLinearProbe(nn.Module):

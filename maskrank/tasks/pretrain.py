@@ -35,7 +35,13 @@ from maskrank.optim import (
     galore_targets,
     warmup_cosine_schedule,
 )
-from maskrank.tasks.online_probe import Feature, OnlineLinearProbe, latent_feature
+from maskrank.tasks.online_probe import (
+    Feature,
+    OnlineLinearProbe,
+    ProbeInput,
+    latent_feature,
+    unmasked_feature,
+)
 
 VAL_MASK_SEED = 1234
 
@@ -93,10 +99,17 @@ class MAEPretraining(pl.LightningModule):
         num_classes: classes of the datamodule's labels; the CLI links it from the data (only
             the online probe uses labels).
         online_probe: train a linear probe (BatchNorm without affine parameters + linear) on the
-            detached ``probe_feature`` of the visible tokens, with the training batch's labels,
-            and log its accuracy on the validation batches (same fixed masks as ``val/loss``)
-            as ``eval/online_linear_acc``. Its gradients never reach the encoder.
-        probe_feature: ``cls`` (the CLS token) or ``mean`` (mean of the visible patch tokens).
+            detached ``probe_feature`` with the training batch's labels, and log its accuracy on
+            the validation batches as ``eval/online_linear_acc``. Its gradients never reach the
+            encoder.
+        probe_input: what the probe reads. ``unmasked``: an extra gradient-free pass of the
+            encoder in eval mode over every token (the features an offline probe reads), on every
+            ``probe_every_n_steps``-th training batch and on every validation batch; ``visible``:
+            the training step's own masked pass (no extra pass; validation uses the fixed masks
+            of ``val/loss``). See docs/guides/online-evaluation.md for what each costs and how
+            well it tracks an offline probe.
+        probe_every_n_steps: with ``probe_input: unmasked``, train the probe on every N-th batch.
+        probe_feature: ``cls`` (the CLS token) or ``mean`` (mean of the patch tokens).
         probe_lr: the probe's learning rate (its own AdamW parameter group, no weight decay,
             on the run's warmup-cosine schedule).
         uniformity_weight: weight of the uniformity loss ``log mean exp(-2 ‖z_i - z_j‖²)`` of the
@@ -132,6 +145,8 @@ class MAEPretraining(pl.LightningModule):
         optimizer: OptimizerSpec | None = None,
         num_classes: int | None = None,
         online_probe: bool = False,
+        probe_input: ProbeInput = "unmasked",
+        probe_every_n_steps: int = 4,
         probe_feature: Feature = "cls",
         probe_lr: float = 1e-3,
         uniformity_weight: float = 0.0,
@@ -147,6 +162,10 @@ class MAEPretraining(pl.LightningModule):
             )
         if online_probe:
             check_interval(probe_lr, "probe_lr", 0.0, low_open=True)
+            if probe_every_n_steps < 1:
+                raise ConfigError(
+                    f"{{field}} must be >= 1, got {probe_every_n_steps}", "probe_every_n_steps"
+                )
         spec = as_spec(vit)
         self.masking = MaskingSpec(mask_ratio, mask_ratio_range, mask_ratio_end, masking)
         optimizer_spec = as_optimizer_spec(optimizer)
@@ -214,7 +233,7 @@ class MAEPretraining(pl.LightningModule):
             self.explicit_dropout.reset()
             loss, _, _, latent = self.mae.forward_with_latent(images, ratio, self.masking.strategy)
         self.log("train/loss", loss, prog_bar=True)
-        loss = loss + self._online_terms(latent, batch[1])
+        loss = loss + self._online_terms(images, latent, batch, batch_idx)
         if self.explicit_dropout is not None:
             penalty = self.explicit_dropout.pop()  # summed over the hooked fc2s
             self.log("train/dropout_penalty", penalty)
@@ -223,20 +242,28 @@ class MAEPretraining(pl.LightningModule):
             self.log("train/mask_ratio", ratio)
         return loss
 
-    def _online_terms(self, latent: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Uniformity term and probe loss of the visible-token latent (B, 1 + K, D), 0-d."""
+    def _online_terms(
+        self, images: torch.Tensor, latent: torch.Tensor, batch, batch_idx: int
+    ) -> torch.Tensor:
+        """Uniformity term (of the visible-token latent (B, 1 + K, D)) and probe loss, 0-d."""
         hp = self.hparams
         extra = latent.new_zeros((), dtype=torch.float32)
         if hp.uniformity_weight > 0:
             uniformity = uniformity_loss(latent_feature(latent, hp.uniformity_feature).float())
             self.log("train/uniformity", uniformity)
             extra = extra + hp.uniformity_weight * uniformity
-        if self.online_probe is not None:  # detached inside: its loss only trains the probe
-            logits = self.online_probe(latent_feature(latent, hp.probe_feature))
-            probe_loss = F.cross_entropy(logits.float(), labels)
-            self.log("train/online_probe_loss", probe_loss)
-            extra = extra + probe_loss
-        return extra
+        if self.online_probe is None:
+            return extra
+        if hp.probe_input == "visible":
+            features = latent_feature(latent, hp.probe_feature)
+        elif batch_idx % hp.probe_every_n_steps == 0:
+            features = unmasked_feature(self.mae.encode, self.mae, images, hp.probe_feature)
+        else:
+            return extra
+        # detached inside the probe: its loss only trains the probe
+        probe_loss = F.cross_entropy(self.online_probe(features).float(), batch[1])
+        self.log("train/online_probe_loss", probe_loss)
+        return extra + probe_loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The per-batch mask-ratio draws (mask_ratio_range) come from their own generator; a
@@ -262,7 +289,12 @@ class MAEPretraining(pl.LightningModule):
         )
         self.log("val/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
         if self.online_probe is not None:
-            logits = self.online_probe(latent_feature(latent, self.hparams.probe_feature))
+            hp = self.hparams
+            if hp.probe_input == "visible":
+                features = latent_feature(latent, hp.probe_feature)
+            else:  # validation runs in eval mode already
+                features = unmasked_feature(self.mae.encode, self.mae, images, hp.probe_feature)
+            logits = self.online_probe(features)
             accuracy = (logits.argmax(dim=1) == batch[1]).float().mean()
             self.log("eval/online_linear_acc", accuracy, batch_size=images.shape[0], sync_dist=True)
 

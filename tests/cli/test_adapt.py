@@ -173,3 +173,28 @@ def test_linear_probe_exports_as_a_plain_timm_model(pretrained, tmp_path):
     assert isinstance(fresh.head, torch.nn.Linear)  # BatchNorm folded into the Linear
     x = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(fresh(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_lora_rank_of_a_pissa_run_measures_what_training_moved(tmp_path):
+    # PiSSA starts its adapter at the top-4 SVD part of W0 and offsets the base by it, so
+    # (α/r) B A holds a rank-4 part training never moved; a rank-1 change of B must read rank 1.
+    base = ImageClassifier(vit=TINY_VIT, num_classes=4)
+    start = tmp_path / "start.pt"
+    torch.save(base.model.state_dict(), start)
+    lora = {"r": 4, "init": "pissa", "targets": ["qkv", "fc1"]}
+    tuned = ImageClassifier(
+        vit=TINY_VIT, num_classes=4, encoder_ckpt=str(start), adaptation="lora", lora=lora
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for view in lora_layers(tuned.model).values():
+            d, r = view.lora_b.shape
+            step = torch.randn(d, 1, generator=g) @ torch.randn(1, r, generator=g)
+            view.lora_b += 0.01 * view.lora_b.norm() * step / step.norm()  # small: B0A0 dominates
+    ckpt = tmp_path / "pissa.ckpt"
+    torch.save({"state_dict": tuned.state_dict(), "hyper_parameters": dict(tuned.hparams)}, ckpt)
+    out = tmp_path / "ranks.yaml"
+    main(["lora-rank", str(ckpt), "--energy", "0.999", "--out", str(out)])
+    assert load_rank_map(out) == {
+        f"blocks.{i}.{m}": 1 for i in (0, 1) for m in ("attn.qkv", "mlp.fc1")
+    }

@@ -36,9 +36,6 @@ __all__ = [
     "strip_lora",
 ]
 
-# inits that leave the base weight as it was (every other one offsets it)
-_BASE_KEEPING_INITS = ("default", "gaussian")
-
 
 # What timm's pretrained_cfg keeps of the model's own entry: its architecture and layout, never
 # the weights' source (url, hub id, tag, licence) nor its preprocessing, which ``data`` replaces.
@@ -164,7 +161,7 @@ def save_lora_artefacts(model: nn.Module, out_dir: str | Path, spec: LoRASpec) -
             use_rslora=spec.use_rslora,
         )
     }
-    if spec.init not in _BASE_KEEPING_INITS:
+    if spec.offsets_base:
         written["base"] = out_dir / "base"
         save_for_hf(strip_lora(model).eval(), written["base"])
     return written

@@ -177,6 +177,13 @@ class LoRASpec:
                 )
 
     @property
+    def offsets_base(self) -> bool:
+        """The init moves the frozen base weight (PiSSA, gradient, peft's SVD inits): the
+        adapter starts at ``(α/r) B₀A₀ != 0`` and the base at ``W₀ - (α/r) B₀A₀``, so what
+        training moved is ``W_merged - W₀``, not ``(α/r) B A``."""
+        return self.init not in ("default", "gaussian")
+
+    @property
     def compressed_width(self) -> int:
         """Deep LoRA's width after compression (before clamping to a layer's own rank)."""
         return self.r_c if self.r_c is not None else max(1, self.r // 2)
