@@ -3,10 +3,14 @@
     python scripts/adapt_angles.py runs/sweeps/adaptation            # a swept adaptation.yaml
     python scripts/adapt_angles.py --full FT.ckpt ADAPTER.ckpt [...]  # any classifier checkpoints
 
+On a sweep directory it also prints the adaptation table: per arm, the mean over seeds (and the
+range) of ``adapt:val/acc``, ``cost/trainable_params`` and ``cost/step_s`` from the sweep's
+``results.csv`` (``maskrank.callbacks.TrainingCost``), next to the mean angle.
+
 For every adapted module, ``ΔW = W_merged - W₀`` (``W₀`` the encoder the run started from, so a
 PiSSA or gradient init's offset cancels) and the fine-tune's ``ΔW_full``; the angles between their
 top-``k`` left singular subspaces (``k`` = the adapter's rank, a compressed Deep LoRA's ``r_c``,
-at most 8), averaged over modules.
+GaLore's projection rank, at most 8), averaged over modules.
 In a sweep directory, cells are ``arm=<name>,seed=<s>`` with the fine-tune as ``arm=full``.
 Prints one row per adapter: mean angle (degrees), mean cos², and the random-subspace cos² ``k/d``.
 """
@@ -14,8 +18,10 @@ Prints one row per adapter: mean angle (degrees), mean cos², and the random-sub
 from __future__ import annotations
 
 import argparse
+import csv
 import re
 import statistics
+from collections import defaultdict
 from pathlib import Path
 
 import torch
@@ -28,11 +34,21 @@ from maskrank.models.lora.angles import update_angles
 _CELL = re.compile(r"arm=(?P<arm>[^,]+),seed=(?P<seed>\d+)")
 
 
-def _weights(path: Path) -> tuple[dict[str, torch.Tensor], dict, str | None]:
+def _weights(path: Path) -> tuple[dict[str, torch.Tensor], int, str | None]:
+    """The merged Linear weights, the rank ``k`` to compare at, and the starting encoder."""
     model = load_classifier(path)
     vit = merge_lora(model.model)
     weights = {n: m.weight.detach() for n, m in vit.named_modules() if type(m) is torch.nn.Linear}
-    return weights, dict(model.hparams.get("lora") or {}), model.hparams.get("encoder_ckpt")
+    lora = dict(model.hparams.get("lora") or {})
+    optimizer = dict(model.hparams.get("optimizer") or {})
+    if lora:  # a compressed Deep LoRA moves in r_c directions
+        width = lora.get("r_c") if lora.get("compress_after") else lora.get("r", 8)
+        k = int(width or max(1, int(lora.get("r", 8)) // 2))
+    elif optimizer.get("name") == "galore_adamw":
+        k = int(optimizer["rank"])
+    else:
+        k = 8
+    return weights, min(k, 8), model.hparams.get("encoder_ckpt")
 
 
 def compare(full: Path, adapters: list[Path]) -> list[dict]:
@@ -42,9 +58,7 @@ def compare(full: Path, adapters: list[Path]) -> list[dict]:
     base = {n: start[f"{n}.weight"] for n in ft if f"{n}.weight" in start}
     rows = []
     for path in adapters:
-        weights, lora, _ = _weights(path)
-        width = lora.get("r_c") if lora.get("compress_after") else lora.get("r", 8)
-        k = min(int(width or max(1, int(lora.get("r", 8)) // 2)), 8)  # Deep LoRA: its r_c
+        weights, k, _ = _weights(path)
         per_module = update_angles({n: weights[n] for n in base}, ft, base, k)
         angles = [v["mean_deg"] for v in per_module.values()]
         cos2 = [v["cos2_mean"] for v in per_module.values()]
@@ -79,12 +93,56 @@ def main() -> None:
             if "full" in arms:
                 pairs.append((arms["full"], [p for a, p in sorted(arms.items()) if a != "full"]))
     print(f"{'adapter':<70} {'k':>3} {'angle°':>7} {'cos²':>6} {'random':>7}")
+    angles: dict[str, list[dict]] = defaultdict(list)
     for full, adapters in pairs:
         for row in compare(full, adapters):
             print(
                 f"{row['adapter'][-70:]:<70} {row['k']:>3} {row['mean_deg']:>7.1f} "
                 f"{row['cos2']:>6.3f} {row['random_cos2']:>7.3f}"
             )
+            match = _CELL.search(row["adapter"])
+            if match:
+                angles[match["arm"]].append(row)
+    results = Path(args.paths[0]) / "results.csv"
+    if not args.full and results.is_file():
+        print()
+        print(adaptation_table(results, angles))
+
+
+def _mean_range(values: list[float], fmt: str) -> str:
+    if not values:
+        return "-"
+    mean = format(statistics.mean(values), fmt)
+    if len(values) == 1:
+        return mean
+    return f"{mean} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+def adaptation_table(results: Path, angles: dict[str, list[dict]]) -> str:
+    """Markdown: per arm, seed means (ranges) of val/acc, trainable parameters, step time, angle."""
+    by_arm: dict[str, list[dict[str, str]]] = defaultdict(list)
+    with results.open() as f:
+        for row in csv.DictReader(f):
+            by_arm[row["adapt.arm"]].append(row)
+
+    def column(rows: list[dict[str, str]], key: str) -> list[float]:
+        return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+    lines = [
+        "| arm | seeds | val/acc | trainable params | s/step | angle to full (°) | cos² |",
+        "| --- | ---: | --- | ---: | --- | --- | --- |",
+    ]
+    for arm, rows in by_arm.items():
+        params = column(rows, "adapt:cost/trainable_params")
+        rows_angles = angles.get(arm, [])
+        lines.append(
+            f"| {arm} | {len(rows)} | {_mean_range(column(rows, 'adapt:val/acc'), '.3f')} | "
+            f"{int(statistics.mean(params)) if params else '-'} | "
+            f"{_mean_range(column(rows, 'adapt:cost/step_s'), '.3f')} | "
+            f"{_mean_range([r['mean_deg'] for r in rows_angles], '.1f')} | "
+            f"{_mean_range([r['cos2'] for r in rows_angles], '.3f')} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

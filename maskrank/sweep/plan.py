@@ -79,22 +79,27 @@ class StageRun:
 
 
 def plan(spec: SweepSpec, sweep_dir: Path) -> list[tuple[Cell, list[StageRun]]]:
-    """Every cell with its fits, interpolations resolved; run directories inside ``sweep_dir``."""
+    """Every cell with its fits, interpolations resolved; run directories inside ``sweep_dir``.
+
+    A stage before the last whose base and resolved overrides equal an earlier cell's (a grid
+    axis that only touches later stages, e.g. the adapters compared on one pretrained encoder)
+    is not run again: the cell shares the earlier cell's run directory, and its later stages
+    read that checkpoint. Overrides that name the cell (``${cell.id}``, ``${cell.dir}``) or the
+    stage's own directory keep the stage apart.
+    """
     layout = SweepLayout(Path(sweep_dir).resolve())
+    first: dict[tuple[str, str, str], Path] = {}  # (stage, base, overrides) -> run directory
     out = []
     for cell in spec.cells():
         cell_dir = layout.cell_dir(cell.id)
         dirs = {s.name: layout.run_dir(cell.id, s.name, spec.multi_stage) for s in spec.stages}
-        runs = [
-            StageRun(
-                layout.root,
-                cell,
-                stage,
-                dirs[stage.name],
-                tuple(spec.stage_overrides(cell, stage, dirs, cell_dir)),
-            )
-            for stage in spec.stages
-        ]
+        runs = []
+        for stage in spec.stages:
+            overrides = tuple(spec.stage_overrides(cell, stage, dirs, cell_dir))
+            if stage is not spec.stages[-1]:
+                identity = json.dumps([[k, v] for k, v, _ in overrides], default=str)
+                dirs[stage.name] = first.setdefault((stage.name, stage.base, identity), dirs[stage.name])
+            runs.append(StageRun(layout.root, cell, stage, dirs[stage.name], overrides))
         out.append((cell, runs))
     return out
 

@@ -83,7 +83,12 @@ def collect(sweep_dir: Path, manifest: Mapping[str, Any]) -> Table:
     for cell in manifest["cells"]:
         row: dict[str, Any] = {"cell": cell["id"], **cell["params"]}
         for stage in manifest["stages"]:
-            run_dir = layout.run_dir(cell["id"], stage["name"], manifest["multi_stage"])
+            shared = cell.get("runs", {}).get(stage["name"])  # see maskrank.sweep.plan.plan
+            run_dir = (
+                layout.root / shared
+                if shared
+                else layout.run_dir(cell["id"], stage["name"], manifest["multi_stage"])
+            )
             result = layout.read_result(run_dir)
             if result is None:
                 break

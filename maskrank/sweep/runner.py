@@ -87,7 +87,15 @@ def _manifest(spec: SweepSpec, cells: list) -> dict:
         "multi_stage": spec.multi_stage,
         "param_keys": spec.param_keys + (["seed"] if spec.seeds is not None else []),
         "stages": [{"name": s.name, "metrics": list(s.metrics)} for s in spec.stages],
-        "cells": [{"id": cell.id, "params": cell.params} for cell, _ in cells],
+        "cells": [
+            {
+                "id": cell.id,
+                "params": cell.params,
+                # stage -> run directory; an earlier stage may be another cell's (plan())
+                "runs": {r.stage.name: r.run_dir.relative_to(r.sweep_dir).as_posix() for r in runs},
+            }
+            for cell, runs in cells
+        ],
     }
 
 
@@ -133,6 +141,9 @@ def run_sweep(
             if read_result(run) is None:
                 echo(f"[{i}/{len(cells)}] {run.label}: {run.command()}")
                 execute(run, command_line.fit, use_subprocess)
+            elif not run.run_dir.is_relative_to(layout.cell_dir(cell.id)):
+                shared = run.run_dir.relative_to(sweep_dir)
+                echo(f"[{i}/{len(cells)}] {run.label}: the same fit as {shared}, not run again")
         outcome.ran.append(cell.id)
         echo(f"[{i}/{len(cells)}] {cell.id}: done in {time.perf_counter() - start:.0f} s")
     outcome.table = write_outputs(sweep_dir)

@@ -195,6 +195,35 @@ def test_two_stages_hand_the_checkpoint_on(tmp_path):
     assert float(row["pretrain.model.init_args.mask_ratio"]) == 0.75
 
 
+def test_an_earlier_stage_the_arms_share_runs_once(tmp_path):
+    spec = {
+        "stages": {
+            "pretrain": {"base": str(_base(tmp_path, MAE))},
+            "finetune": {
+                "base": str(_base(tmp_path, CLASSIFIER, "cls.yaml")),
+                "overrides": {"model.init_args.encoder_ckpt": "${stages.pretrain.ckpt}"},
+            },
+        },
+        "grid": {"finetune.model.init_args.lr": [0.001, 0.003]},
+        "seeds": [0],
+    }
+    out = tmp_path / "out"
+    lines: list[str] = []
+    outcome = run_sweep(_write(tmp_path / "two.yaml", spec), out=out, echo=lines.append)
+    first, second = outcome.ran
+    assert (out / first / "pretrain" / "result.json").is_file()
+    assert not (out / second / "pretrain").exists()
+    assert any(f"{second} [pretrain]: the same fit as {first}/pretrain" in line for line in lines)
+    saved = yaml.safe_load((out / second / "finetune" / "config.yaml").read_text())
+    assert saved["model"]["init_args"]["encoder_ckpt"] == str(
+        out / first / "pretrain" / "checkpoints" / "last.ckpt"
+    )
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and rows[0]["pretrain:val/loss"] == rows[1]["pretrain:val/loss"] != ""
+    assert rows[0]["finetune:val/loss"] != rows[1]["finetune:val/loss"]
+
+
 def test_report_plots_every_curve_group_with_the_intrinsic_rank(grid_sweep, capsys):
     _, out, _, _ = grid_sweep
     run = out / CELLS[0]
