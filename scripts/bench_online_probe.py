@@ -228,9 +228,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--train-size", type=int, default=5000)
     parser.add_argument("--bank", type=int, default=1000)
-    parser.add_argument("--probe-lr", type=float, default=1e-3)
-    parser.add_argument("--probe-input", choices=["unmasked", "visible"], default="unmasked")
-    parser.add_argument("--probe-every", type=int, default=4, help="unmasked: every N-th batch")
+    parser.add_argument("--probe-lr", type=float, default=1e-2)
+    parser.add_argument("--probe-input", choices=["unmasked", "visible"], default="visible")
+    parser.add_argument("--probe-every", type=int, default=1, help="unmasked: every N-th batch")
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args()
     if args.track:

@@ -9,7 +9,11 @@ validate always measures) the encoder embeds, in eval mode and without masking:
 and the callback logs the weighted k-NN accuracy (cosine, ``k`` neighbours, weights
 ``exp(s / temperature)``) of the probe against the bank, for the CLS token and the mean patch
 token: ``eval/knn_acc/final_cls`` and ``eval/knn_acc/final_mean`` (``<where>`` as in the monitor's
-``rank/<where>/...`` tags). Under DDP both sets are sharded over the ranks and the features
+``rank/<where>/...`` tags). With ``linear_probe`` (default) it also fits a logistic-regression
+probe on the same bank features (standardised, L-BFGS: the offline protocol of
+:func:`maskrank.metrics.linear_probe_accuracy`) and logs its accuracy on the probe set,
+``eval/linear_acc/<where>``: an offline linear probe at the cost of one small convex fit, the
+reference the online probe of :class:`~maskrank.tasks.MAEPretraining` is judged against. Under DDP both sets are sharded over the ranks and the features
 gathered, so the accuracy does not depend on the device count. When
 :class:`~maskrank.callbacks.RepresentationRankMonitor` measures the same probe set after the same
 validation epoch, the probe features come from its forward pass (one pass, not two).
@@ -24,7 +28,7 @@ from torch import Tensor
 from maskrank.callbacks._common import due_after_validation, log_from_rank_zero, probe_images
 from maskrank.callbacks._features import clear_feature_cache, embed, embed_cached
 from maskrank.errors import ConfigError
-from maskrank.metrics import knn_accuracy
+from maskrank.metrics import knn_accuracy, linear_probe_accuracy
 
 __all__ = ["OnlineKNN"]
 
@@ -49,6 +53,8 @@ class OnlineKNN(pl.Callback):
         k: neighbours per query (the usual protocol: 20); at most the bank's size.
         temperature: ``T`` of the vote weights ``exp(cosine / T)`` (the usual protocol: 0.07).
         batch_size: images per forward pass (memory, not results).
+        linear_probe: also log ``eval/linear_acc/<where>``, a logistic-regression probe fitted
+            on the bank's features and tested on the probe set (no extra forward pass).
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class OnlineKNN(pl.Callback):
         k: int = 20,
         temperature: float = 0.07,
         batch_size: int = 256,
+        linear_probe: bool = True,
     ) -> None:
         if every_n_epochs < 1:
             raise ConfigError(f"{_flag('every_n_epochs')} must be >= 1, got {every_n_epochs}")
@@ -78,13 +85,15 @@ class OnlineKNN(pl.Callback):
         self.k = k
         self.temperature = temperature
         self.batch_size = batch_size
+        self.linear_probe = linear_probe
         self.last_metrics: dict[str, float] = {}
         self._warned: set[str] = set()
 
     def __repr__(self) -> str:
         return (
             f"OnlineKNN(every_n_epochs={self.every_n_epochs}, bank_size={self.bank_size}, "
-            f"probe_size={self.probe_size}, k={self.k}, temperature={self.temperature})"
+            f"probe_size={self.probe_size}, k={self.k}, temperature={self.temperature}, "
+            f"linear_probe={self.linear_probe})"
         )
 
     def _size(self, pl_module: pl.LightningModule, size: int | None) -> int:
@@ -158,15 +167,15 @@ class OnlineKNN(pl.Callback):
         probe: dict[str, Tensor],
         probe_labels: Tensor,
     ) -> dict[str, float]:
-        """``eval/knn_acc/<where>`` for the CLS and mean-patch features."""
-        return {
-            f"eval/knn_acc/{where}": knn_accuracy(
-                bank[where].cpu(),
-                bank_labels,
-                probe[where].cpu(),
-                probe_labels,
-                self.k,
-                self.temperature,
+        """``eval/knn_acc/<where>`` (and ``eval/linear_acc/<where>``) for CLS and mean-patch."""
+        out = {}
+        for where in _WHERE:
+            train, test = bank[where].cpu(), probe[where].cpu()
+            out[f"eval/knn_acc/{where}"] = knn_accuracy(
+                train, bank_labels, test, probe_labels, self.k, self.temperature
             )
-            for where in _WHERE
-        }
+            if self.linear_probe:
+                out[f"eval/linear_acc/{where}"] = linear_probe_accuracy(
+                    train, bank_labels, test, probe_labels
+                )
+        return out

@@ -41,23 +41,25 @@ def linear_probe_accuracy(
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     if num_classes < 2:
         raise ValueError("a linear probe needs at least 2 classes")
-    x = train_features.detach().double().cpu()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
-    x = (x - mean) / std  # (N, D)
-    y = train_labels.cpu()
-    w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+    # callable from a Lightning validation hook, which runs under inference mode: the fit
+    # needs autograd, so it leaves inference mode and works on ordinary copies of the inputs
+    with torch.inference_mode(False), torch.enable_grad():
+        x = train_features.detach().double().cpu().clone()
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
+        x = (x - mean) / std  # (N, D)
+        y = train_labels.cpu().clone()
+        w = torch.zeros(x.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+        b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w + b, y) + weight_decay * w.pow(2).sum()
-        loss.backward()
-        return loss
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(x @ w + b, y) + weight_decay * w.pow(2).sum()
+            loss.backward()
+            return loss
 
-    with torch.enable_grad():
         opt.step(closure)
-    xt = (test_features.detach().double().cpu() - mean) / std
     with torch.no_grad():
+        xt = (test_features.detach().double().cpu() - mean) / std
         pred = (xt @ w + b).argmax(dim=1)
     return float((pred == test_labels.cpu()).double().mean())

@@ -102,16 +102,18 @@ class MAEPretraining(pl.LightningModule):
             detached ``probe_feature`` with the training batch's labels, and log its accuracy on
             the validation batches as ``eval/online_linear_acc``. Its gradients never reach the
             encoder.
-        probe_input: what the probe reads. ``unmasked``: an extra gradient-free pass of the
-            encoder in eval mode over every token (the features an offline probe reads), on every
-            ``probe_every_n_steps``-th training batch and on every validation batch; ``visible``:
-            the training step's own masked pass (no extra pass; validation uses the fixed masks
-            of ``val/loss``). See docs/guides/online-evaluation.md for what each costs and how
-            well it tracks an offline probe.
+        probe_input: what the probe reads. ``visible`` (default): the training step's own masked
+            pass, the CLS or mean of the visible tokens (no extra pass; validation uses the fixed
+            masks of ``val/loss``); ``unmasked``: an extra gradient-free pass of the encoder in
+            eval mode over every token (the features an offline probe reads) on every
+            ``probe_every_n_steps``-th training batch and on every validation batch. On
+            CIFAR-10 both tracked an offline linear probe; ``unmasked`` costs about one encoder
+            forward of the full image per probed step (docs/guides/online_eval.md).
         probe_every_n_steps: with ``probe_input: unmasked``, train the probe on every N-th batch.
-        probe_feature: ``cls`` (the CLS token) or ``mean`` (mean of the patch tokens).
+        probe_feature: ``cls`` (the CLS token) or ``mean`` (mean of the patch tokens it reads).
         probe_lr: the probe's learning rate (its own AdamW parameter group, no weight decay,
-            on the run's warmup-cosine schedule).
+            on the run's warmup-cosine schedule); a linear head needs a higher rate than the
+            encoder (docs/guides/online_eval.md).
         uniformity_weight: weight of the uniformity loss ``log mean exp(-2 ‖z_i - z_j‖²)`` of the
             L2-normalized ``uniformity_feature`` over the batch (U-MAE), added to the training
             objective and logged as ``train/uniformity``; 0 turns it off.
@@ -145,10 +147,10 @@ class MAEPretraining(pl.LightningModule):
         optimizer: OptimizerSpec | None = None,
         num_classes: int | None = None,
         online_probe: bool = False,
-        probe_input: ProbeInput = "unmasked",
-        probe_every_n_steps: int = 4,
+        probe_input: ProbeInput = "visible",
+        probe_every_n_steps: int = 1,
         probe_feature: Feature = "cls",
-        probe_lr: float = 1e-3,
+        probe_lr: float = 1e-2,
         uniformity_weight: float = 0.0,
         uniformity_feature: Feature = "cls",
     ) -> None:

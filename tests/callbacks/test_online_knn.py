@@ -9,7 +9,7 @@ import torch
 from maskrank.callbacks import LidarSpec, OnlineKNN, RepresentationRankMonitor
 from maskrank.callbacks.lidar_views import LIDAR_VIEW_SEED
 from maskrank.errors import ConfigError
-from maskrank.metrics import knn_accuracy, lidar
+from maskrank.metrics import knn_accuracy, lidar, linear_probe_accuracy
 
 from ._helpers import tiny_data, tiny_mae
 
@@ -40,8 +40,15 @@ def test_knn_accuracy_is_that_of_unaugmented_eval_mode_features(make_trainer):
     expected = {
         "eval/knn_acc/final_cls": knn_accuracy(fb.cls, bank_y, fp.cls, probe_y, k=5),
         "eval/knn_acc/final_mean": knn_accuracy(fb.patch_mean, bank_y, fp.patch_mean, probe_y, 5),
+        "eval/linear_acc/final_cls": linear_probe_accuracy(fb.cls, bank_y, fp.cls, probe_y),
+        "eval/linear_acc/final_mean": linear_probe_accuracy(
+            fb.patch_mean, bank_y, fp.patch_mean, probe_y
+        ),
     }
     assert knn.last_metrics == pytest.approx(expected, abs=1e-9)
+    knn = OnlineKNN(k=5, bank_size=48, probe_size=24, linear_probe=False)
+    make_trainer([knn], logger=False).validate(model, datamodule=data, verbose=False)
+    assert set(knn.last_metrics) == {"eval/knn_acc/final_cls", "eval/knn_acc/final_mean"}
 
 
 def test_knn_and_rank_monitor_share_one_probe_pass(make_trainer):

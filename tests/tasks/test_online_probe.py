@@ -46,10 +46,21 @@ def _fit(tmp_path, model: MAEPretraining, epochs: int = 2) -> pl.Trainer:
     return trainer
 
 
-def test_online_probe_leaves_the_encoder_bit_identical(tmp_path):
+DESIGNS = [("unmasked", 1), ("unmasked", 3), ("visible", 1)]
+
+
+@pytest.mark.parametrize(("probe_input", "every"), DESIGNS)
+def test_online_probe_leaves_the_encoder_bit_identical(tmp_path, probe_input, every):
+    # proj_drop_rate 0.1: the probe's extra pass must draw no dropout masks (eval mode)
     plain = _mae()
     _fit(tmp_path, plain)
-    probed = _mae(online_probe=True, num_classes=4, probe_lr=0.05)
+    probed = _mae(
+        online_probe=True,
+        num_classes=4,
+        probe_lr=0.05,
+        probe_input=probe_input,
+        probe_every_n_steps=every,
+    )
     before = {k: v.clone() for k, v in probed.online_probe.state_dict().items()}
     trainer = _fit(tmp_path, probed)
     reference = plain.state_dict()
@@ -84,8 +95,16 @@ def _colour_classes(n: int, seed: int) -> DataLoader:
     return DataLoader(TensorDataset(images, labels), batch_size=16, shuffle=False)
 
 
-def test_online_probe_learns_separable_classes(tmp_path):
-    model = _mae(online_probe=True, num_classes=4, probe_lr=0.05, probe_feature="mean")
+@pytest.mark.parametrize(("probe_input", "every"), DESIGNS)
+def test_online_probe_learns_separable_classes(tmp_path, probe_input, every):
+    model = _mae(
+        online_probe=True,
+        num_classes=4,
+        probe_lr=0.05,
+        probe_feature="mean",
+        probe_input=probe_input,
+        probe_every_n_steps=every,
+    )
     pl.seed_everything(0)
     trainer = pl.Trainer(
         default_root_dir=tmp_path,
@@ -140,3 +159,5 @@ def test_bad_settings_name_the_flag():
         _mae(online_probe=True)
     with pytest.raises(ConfigError, match="model.init_args.probe_lr"):
         _mae(online_probe=True, num_classes=4, probe_lr=0.0)
+    with pytest.raises(ConfigError, match="model.init_args.probe_every_n_steps"):
+        _mae(online_probe=True, num_classes=4, probe_every_n_steps=0)
