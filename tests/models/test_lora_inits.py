@@ -25,6 +25,7 @@ from maskrank.models.lora import (
     save_merged,
 )
 from maskrank.models.lora.angles import principal_angles
+from maskrank.models.lora.init import top_singular_pairs
 
 
 def _vit(spec, num_classes=4):
@@ -234,3 +235,28 @@ def test_update_angles_are_zero_inside_and_ninety_across_the_reference_subspace(
     )
     assert out["in"]["max_deg"] < 1e-4 and out["in"]["cos2_mean"] > 1 - 1e-9
     assert out["across"]["mean_deg"] > 90 - 1e-4
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (20, 20)])
+def test_top_singular_pairs_match_the_svd(shape):
+    g = torch.Generator().manual_seed(0)
+    spectrum = torch.logspace(0, -3, min(shape), dtype=torch.float64)  # distinct singular values
+    u0, _ = torch.linalg.qr(torch.randn(shape[0], min(shape), generator=g, dtype=torch.float64))
+    v0, _ = torch.linalg.qr(torch.randn(shape[1], min(shape), generator=g, dtype=torch.float64))
+    m = u0 @ torch.diag(spectrum) @ v0.t()
+    u, vh = top_singular_pairs(m, 4)
+    su, _, svh = torch.linalg.svd(m)
+    torch.testing.assert_close(u @ u.t(), su[:, :4] @ su[:, :4].t(), atol=1e-9, rtol=0)
+    torch.testing.assert_close(vh.t() @ vh, svh[:4].t() @ svh[:4], atol=1e-9, rtol=0)
+    # the pairs belong together: u_i σ_i = m v_i
+    torch.testing.assert_close(m @ vh.t(), u * spectrum[:4], atol=1e-9, rtol=0)
+
+
+def test_top_singular_pairs_of_a_rank_deficient_matrix_fall_back_to_the_svd():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(30, 2, generator=g, dtype=torch.float64) @ torch.randn(
+        2, 12, generator=g, dtype=torch.float64
+    )
+    u, vh = top_singular_pairs(m, 4)  # rank 2 < r = 4: the last pairs span null directions
+    assert torch.allclose(u.t() @ u, torch.eye(4, dtype=torch.float64), atol=1e-9)
+    torch.testing.assert_close(u[:, :2] @ u[:, :2].t() @ m, m, atol=1e-9, rtol=0)
