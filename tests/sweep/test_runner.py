@@ -171,17 +171,20 @@ def test_report_writes_plots_for_a_sweep_and_a_run(grid_sweep, capsys):
     assert (out / CELLS[0] / "plots" / "loss.png").stat().st_size > 1000
 
 
-def test_two_stages_hand_the_checkpoint_on(tmp_path):
-    spec = {
-        "stages": {
-            "pretrain": {"base": str(_base(tmp_path, MAE))},
-            "finetune": {
-                "base": str(_base(tmp_path, CLASSIFIER, "cls.yaml")),
-                "overrides": {"model.init_args.encoder_ckpt": "${stages.pretrain.ckpt}"},
-            },
+def _pretrain_then_finetune(directory: Path) -> dict:
+    """Stages: the tiny MAE, then a classifier starting from its checkpoint."""
+    return {
+        "pretrain": {"base": str(_base(directory, MAE))},
+        "finetune": {
+            "base": str(_base(directory, CLASSIFIER, "cls.yaml")),
+            "overrides": {"model.init_args.encoder_ckpt": "${stages.pretrain.ckpt}"},
         },
-        "grid": {"pretrain.model.init_args.mask_ratio": [0.75]},
     }
+
+
+def test_two_stages_hand_the_checkpoint_on(tmp_path):
+    spec = {"stages": _pretrain_then_finetune(tmp_path)}
+    spec["grid"] = {"pretrain.model.init_args.mask_ratio": [0.75]}
     outcome = run_sweep(_write(tmp_path / "two.yaml", spec), out=tmp_path / "out", echo=print)
     cell = tmp_path / "out" / "mask_ratio=0.75"
     assert outcome.ran == ["mask_ratio=0.75"]
@@ -196,17 +199,8 @@ def test_two_stages_hand_the_checkpoint_on(tmp_path):
 
 
 def test_an_earlier_stage_the_arms_share_runs_once(tmp_path):
-    spec = {
-        "stages": {
-            "pretrain": {"base": str(_base(tmp_path, MAE))},
-            "finetune": {
-                "base": str(_base(tmp_path, CLASSIFIER, "cls.yaml")),
-                "overrides": {"model.init_args.encoder_ckpt": "${stages.pretrain.ckpt}"},
-            },
-        },
-        "grid": {"finetune.model.init_args.lr": [0.001, 0.003]},
-        "seeds": [0],
-    }
+    spec = {"stages": _pretrain_then_finetune(tmp_path), "seeds": [0]}
+    spec["grid"] = {"finetune.model.init_args.lr": [0.001, 0.003]}
     out = tmp_path / "out"
     lines: list[str] = []
     outcome = run_sweep(_write(tmp_path / "two.yaml", spec), out=out, echo=lines.append)
