@@ -6,6 +6,7 @@ They only observe or stop training: they never touch the weights or draw random 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -149,3 +150,46 @@ def wait_for(predicate, process: subprocess.Popen, what: str, timeout: float = 1
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def sigkill_and_resume(
+    tmp_path: Path, cfg: Path, ref_cfg: Path, last: Path | None, pause_at: int = 7
+) -> None:
+    """The SIGKILL resume protocol, every process reaped whatever happens.
+
+    ``ref_cfg`` fits uninterrupted (``ref``) beside ``cfg``'s fit (``killed``), which pauses after
+    step ``pause_at`` and is SIGKILLed there (``last``, when given, must exist by then); then
+    ``cfg`` resumes with ``--ckpt_path last`` (``resumed``). Each fit records its steps and final
+    weights (StepRecorder) in ``tmp_path/<name>.log`` and ``<name>.pt``, its stderr in
+    ``<name>.err``.
+    """
+    started: list[subprocess.Popen] = []
+
+    def start(config: Path, name: str, *extra: str, pause: int | None = None) -> subprocess.Popen:
+        flags = [*extra, *recorded_flags(tmp_path / f"{name}.log", tmp_path / f"{name}.pt", pause)]
+        with (tmp_path / f"{name}.err").open("w") as err:  # a file, not a pipe nobody drains
+            started.append(
+                subprocess.Popen(fit_command(config, *flags), env=subprocess_env(), stderr=err)
+            )
+        return started[-1]
+
+    try:
+        reference = start(ref_cfg, "ref")
+        killed = start(cfg, "killed", pause=pause_at)
+        wait_for(
+            lambda: "paused" in read_steps(tmp_path / "killed.log"),
+            killed,
+            f"step {pause_at}",
+            timeout=180.0,
+        )
+        assert last is None or last.is_file(), f"{last} missing at step {pause_at}"
+        killed.send_signal(signal.SIGKILL)
+        assert killed.wait(timeout=30) == -signal.SIGKILL
+        resumed = start(cfg, "resumed", "--ckpt_path", "last")
+        assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.err").read_text()[-2000:]
+        assert reference.wait(timeout=300) == 0, (tmp_path / "ref.err").read_text()[-2000:]
+    finally:
+        for process in started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()

@@ -4,8 +4,6 @@ the uninterrupted run, bit for bit."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +13,10 @@ import yaml
 from PIL import Image
 
 from resume_helpers import (
-    fit_command,
     max_abs_diff,
     read_steps,
-    recorded_flags,
-    subprocess_env,
+    sigkill_and_resume,
     tiny_mae_model,
-    wait_for,
     write_config,
 )
 
@@ -56,35 +51,8 @@ def test_sigkilled_fit_on_image_files_resumes_to_the_uninterrupted_weights(tmp_p
     runs, root = tmp_path / "runs", _folder(tmp_path / "imgs")
     cfg = _config(tmp_path / "cfg.yaml", runs, root, "exp")
     ref_cfg = _config(tmp_path / "ref.yaml", runs, root, "ref")
-    started: list[subprocess.Popen] = []
-
-    def start(cfg: Path, name: str, *extra: str, pause_at: int | None = None) -> subprocess.Popen:
-        flags = [
-            *extra,
-            *recorded_flags(tmp_path / f"{name}.log", tmp_path / f"{name}.pt", pause_at),
-        ]
-        with (tmp_path / f"{name}.err").open("w") as err:
-            started.append(
-                subprocess.Popen(fit_command(cfg, *flags), env=subprocess_env(), stderr=err)
-            )
-        return started[-1]
-
     last = runs / "exp" / "version_0" / "checkpoints" / "last.ckpt"
-    try:
-        reference = start(ref_cfg, "ref")
-        killed = start(cfg, "killed", pause_at=7)
-        wait_for(lambda: "paused" in read_steps(tmp_path / "killed.log"), killed, "step 7")
-        assert last.is_file()  # step 6, mid-epoch 1
-        killed.send_signal(signal.SIGKILL)
-        assert killed.wait(timeout=30) == -signal.SIGKILL
-        resumed = start(cfg, "resumed", "--ckpt_path", "last")
-        assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.err").read_text()[-2000:]
-        assert reference.wait(timeout=300) == 0, (tmp_path / "ref.err").read_text()[-2000:]
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    sigkill_and_resume(tmp_path, cfg, ref_cfg, last)
 
     assert read_steps(tmp_path / "resumed.log") == ["start 6", *map(str, range(7, STEPS + 1))]
     final_resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)

@@ -4,9 +4,6 @@ bit, with random crops drawn in loader workers and random masks on the device.""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +16,8 @@ from resume_helpers import (
     max_abs_diff,
     read_steps,
     recorded_flags,
-    subprocess_env,
+    sigkill_and_resume,
     tiny_mae_model,
-    wait_for,
     write_config,
 )
 from streaming_helpers import stream_config, write_image_folder
@@ -69,34 +65,8 @@ def test_sigkilled_streaming_fit_resumes_to_the_uninterrupted_weights(tmp_path, 
     runs = tmp_path / "runs"
     cfg = _config(tmp_path / "cfg.yaml", runs, stream_root, every_n_train_steps=3)
     ref = _config(tmp_path / "ref.yaml", runs, stream_root, "ref", every_n_train_steps=3)
-    started: list[subprocess.Popen] = []
-
-    def start(cfg: Path, name: str, *extra: str, pause_at: int | None = None) -> subprocess.Popen:
-        flags = [
-            *extra,
-            *recorded_flags(tmp_path / f"{name}.log", tmp_path / f"{name}.pt", pause_at),
-        ]
-        command = [sys.executable, "-m", "maskrank", "fit", "-c", str(cfg), *flags]
-        with (tmp_path / f"{name}.err").open("w") as err:
-            started.append(subprocess.Popen(command, env=subprocess_env(), stderr=err))
-        return started[-1]
-
     last = runs / "exp" / "version_0" / "checkpoints" / "last.ckpt"
-    try:
-        reference = start(ref, "ref")
-        killed = start(cfg, "killed", pause_at=7)
-        wait_for(lambda: "paused" in read_steps(tmp_path / "killed.log"), killed, "step 7")
-        assert last.is_file()  # step 6 (epoch 1, batch 2) checkpointed; step 7 trained, lost
-        killed.send_signal(signal.SIGKILL)
-        assert killed.wait(timeout=30) == -signal.SIGKILL
-        resumed = start(cfg, "resumed", "--ckpt_path", "last")
-        assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.err").read_text()[-2000:]
-        assert reference.wait(timeout=300) == 0, (tmp_path / "ref.err").read_text()[-2000:]
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    sigkill_and_resume(tmp_path, cfg, ref, last)
 
     assert read_steps(tmp_path / "resumed.log") == ["start 6", *map(str, range(7, STEPS + 1))]
     final = torch.load(tmp_path / "resumed.pt", weights_only=True)

@@ -3,10 +3,6 @@ ends with the weights of the uninterrupted run, bit for bit, in the same run dir
 
 from __future__ import annotations
 
-import signal
-import subprocess
-from pathlib import Path
-
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -14,13 +10,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from maskrank.cli import main
 from maskrank.cli.lightning import build_cli
 from resume_helpers import (
-    fit_command,
     max_abs_diff,
     read_steps,
     recorded_flags,
-    subprocess_env,
+    sigkill_and_resume,
     tiny_mae_model,
-    wait_for,
     write_config,
 )
 
@@ -41,35 +35,8 @@ def test_sigkilled_fit_resumes_to_the_uninterrupted_weights(tmp_path):
     ref_cfg = write_config(
         tmp_path / "ref.yaml", runs, tiny_mae_model(), "ref", {"every_n_train_steps": 3}
     )
-    started: list[subprocess.Popen] = []
-
-    def start(cfg: Path, name: str, *extra: str, pause_at: int | None = None) -> subprocess.Popen:
-        flags = [
-            *extra,
-            *recorded_flags(tmp_path / f"{name}.log", tmp_path / f"{name}.pt", pause_at),
-        ]
-        with (tmp_path / f"{name}.err").open("w") as err:  # a file, not a pipe nobody drains
-            started.append(
-                subprocess.Popen(fit_command(cfg, *flags), env=subprocess_env(), stderr=err)
-            )
-        return started[-1]
-
     last = runs / "exp" / "version_0" / "checkpoints" / "last.ckpt"
-    try:
-        reference = start(ref_cfg, "ref")  # uninterrupted, alongside the one we kill
-        killed = start(cfg, "killed", pause_at=7)
-        wait_for(lambda: "paused" in read_steps(tmp_path / "killed.log"), killed, "step 7")
-        assert last.is_file()  # written at step 6; step 7 trained but not checkpointed
-        killed.send_signal(signal.SIGKILL)
-        assert killed.wait(timeout=30) == -signal.SIGKILL
-        resumed = start(cfg, "resumed", "--ckpt_path", "last")
-        assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.err").read_text()[-2000:]
-        assert reference.wait(timeout=300) == 0, (tmp_path / "ref.err").read_text()[-2000:]
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    sigkill_and_resume(tmp_path, cfg, ref_cfg, last)
 
     # it resumed from the step-6 checkpoint (a fresh start would also reproduce the weights)
     assert read_steps(tmp_path / "resumed.log") == ["start 6", *map(str, range(7, STEPS + 1))]

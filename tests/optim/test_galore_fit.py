@@ -4,22 +4,20 @@ to the weights of the uninterrupted run, bit for bit (SCIENCE.md §8)."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from maskrank.cli import main
-from resume_helpers import max_abs_diff, read_steps, tiny_mae_model, write_config
+from resume_helpers import (
+    max_abs_diff,
+    read_steps,
+    sigkill_and_resume,
+    tiny_mae_model,
+    write_config,
+)
 from tests_helpers import TINY_VIT, event_tags
 
-TESTS = Path(__file__).parents[1]
 FLAG = "--model.init_args.optimizer"
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -105,11 +103,6 @@ def test_monitor_logs_captured_energy_and_projection_similarity(tmp_path):
     assert len(similarity) == 3 and all(0.0 < v <= 1.0 for v in similarity)
 
 
-def subprocess_env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-
-
 @pytest.mark.slow
 def test_sigkilled_galore_fit_resumes_to_the_uninterrupted_weights(tmp_path):
     runs = tmp_path / "runs"
@@ -118,40 +111,7 @@ def test_sigkilled_galore_fit_resumes_to_the_uninterrupted_weights(tmp_path):
     every = {"every_n_train_steps": 3}
     cfg = write_config(tmp_path / "cfg.yaml", runs, model, checkpoint=every)
     ref_cfg = write_config(tmp_path / "ref.yaml", runs, model, "ref", every)
-    started: list[subprocess.Popen] = []
-
-    def start(cfg: Path, name: str, *extra: str, pause_at: int | None = None) -> subprocess.Popen:
-        flags = [
-            *extra,
-            "--trainer.callbacks+=resume_helpers.StepRecorder",
-            f"--trainer.callbacks.log={tmp_path / f'{name}.log'}",
-            f"--trainer.callbacks.final={tmp_path / f'{name}.pt'}",
-        ]
-        if pause_at is not None:
-            flags.append(f"--trainer.callbacks.pause_at={pause_at}")
-        command = [sys.executable, "-m", "maskrank", "fit", "-c", str(cfg), *flags]
-        with (tmp_path / f"{name}.err").open("w") as err:
-            started.append(subprocess.Popen(command, env=subprocess_env(), stderr=err))
-        return started[-1]
-
-    try:
-        reference = start(ref_cfg, "ref")
-        killed = start(cfg, "killed", pause_at=7)
-        deadline = time.monotonic() + 180
-        while "paused" not in read_steps(tmp_path / "killed.log"):
-            assert killed.poll() is None, (tmp_path / "killed.err").read_text()[-2000:]
-            assert time.monotonic() < deadline, "timed out waiting for step 7"
-            time.sleep(0.05)
-        killed.send_signal(signal.SIGKILL)
-        assert killed.wait(timeout=30) == -signal.SIGKILL
-        resumed = start(cfg, "resumed", "--ckpt_path", "last")
-        assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.err").read_text()[-2000:]
-        assert reference.wait(timeout=300) == 0, (tmp_path / "ref.err").read_text()[-2000:]
-    finally:
-        for process in started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    sigkill_and_resume(tmp_path, cfg, ref_cfg, None)
     assert read_steps(tmp_path / "resumed.log") == ["start 6", *map(str, range(7, 13))]
     final = torch.load(tmp_path / "resumed.pt", weights_only=True)
     reference_final = torch.load(tmp_path / "ref.pt", weights_only=True)
