@@ -11,7 +11,13 @@ from maskrank.cli import main
 from tests_helpers import event_tags
 
 CONFIGS = Path(__file__).parent.parent / "configs"
-EVAL_TAGS = {"eval/knn_acc/final_cls", "eval/knn_acc/final_mean", "eval/online_linear_acc"}
+EVAL_TAGS = {
+    "eval/knn_acc/final_cls",
+    "eval/knn_acc/final_mean",
+    "eval/linear_acc/final_cls",
+    "eval/linear_acc/final_mean",
+    "eval/online_linear_acc",
+}
 
 
 @pytest.mark.slow
