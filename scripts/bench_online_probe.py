@@ -9,13 +9,18 @@
    off; median seconds per training step (first step of each fit dropped):
 
    * ``baseline``: no probe;
-   * ``visible``: the shipped design, the probe reads the CLS token of the training step's own
-     masked pass (the visible tokens), detached;
-   * ``unmasked/1``: an extra unmasked, gradient-free encoder pass every step feeds the probe;
-   * ``unmasked/10``: the same pass every 10th step (the probe trains on 1 batch in 10);
+   * ``visible``: the default design (``probe_input: visible``), the probe reads the CLS token of
+     the training step's own masked pass (the visible tokens), detached;
+   * ``unmasked/1``: ``probe_input: unmasked``, an extra gradient-free eval-mode encoder pass over
+     every token on every step feeds the probe;
+   * ``unmasked/10``: the same pass every 10th step (``probe_every_n_steps: 10``);
    * ``uniformity``: no probe, ``uniformity_weight=0.01`` (the cost of the uniformity term).
 
-2. Tracking (``--track``): the quickstart MAE (vit_nano_32) pretrains with the shipped probe; after
+   Then the parts, timed alone: the probe's own forward, backward and AdamW step, and one
+   unmasked pass, each as a share of the baseline step (resolving what the paired arms cannot).
+
+2. Tracking (``--track``): the quickstart MAE (vit_nano_32) pretrains with the online probe
+   (``--probe-input``, ``--probe-every``, ``--probe-lr``); after
    every epoch the script prints the online accuracy (``eval/online_linear_acc``), the accuracy of
    an offline logistic-regression probe (``maskrank.metrics.linear_probe_accuracy``) fitted on the
    unmasked CLS features of ``--bank`` fixed training images and tested on ``--bank`` held-out
@@ -44,24 +49,7 @@ from maskrank.metrics import linear_probe_accuracy
 from maskrank.models.vit import ViTSpec
 from maskrank.sweep.results import spearman
 from maskrank.tasks import MAEPretraining
-
-
-class UnmaskedProbe(MAEPretraining):
-    """The alternative design: the probe reads an extra unmasked pass, every ``every`` steps."""
-
-    def __init__(self, every: int, **kw) -> None:
-        super().__init__(**kw)
-        self.every = every
-
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        probe, self.online_probe = self.online_probe, None  # the parent step without the probe
-        loss = super().training_step(batch, batch_idx)
-        self.online_probe = probe
-        if batch_idx % self.every == 0:
-            with torch.no_grad():
-                features = self.mae.encode(batch[0]).cls  # (B, D), all 1 + L tokens
-            loss = loss + F.cross_entropy(probe(features), batch[1])
-        return loss
+from maskrank.tasks.online_probe import unmasked_feature
 
 
 class StepTimer(pl.Callback):
@@ -96,15 +84,15 @@ def cost(args) -> None:
     common = dict(vit=ViTSpec(preset="vit_tiny_32"), img_size=32, decoder_dim=128)
     common.update(decoder_depth=4, decoder_heads=4, num_classes=10)
 
-    def build(cls=MAEPretraining, **kw):
+    def build(**kw):
         torch.manual_seed(0)
-        return cls(**common, **kw)
+        return MAEPretraining(**common, **kw)
 
     arms = {
         "baseline": build(),
         "visible": build(online_probe=True),
-        "unmasked/1": build(UnmaskedProbe, every=1, online_probe=True),
-        "unmasked/10": build(UnmaskedProbe, every=10, online_probe=True),
+        "unmasked/1": build(online_probe=True, probe_input="unmasked"),
+        "unmasked/10": build(online_probe=True, probe_input="unmasked", probe_every_n_steps=10),
         "uniformity": build(uniformity_weight=0.01),
     }
     steps = args.steps
@@ -133,6 +121,46 @@ def cost(args) -> None:
             f"{arm:12s} {len(values):6d} {step:14.4f} {q[0]:7.3f}-{q[2]:.3f} "
             f"{100 * (step / base - 1):+8.1f}%"
         )
+    parts(arms["visible"], base)
+
+
+def parts(model: MAEPretraining, step_s: float, batch: int = 128, repeats: int = 30) -> None:
+    """The probe's own work per step, and the unmasked pass, timed alone (median of ``repeats``).
+
+    The paired arms above cannot resolve effects much smaller than their noise; these parts can:
+    the visible design adds the probe's forward, backward and AdamW step on (B, D) features; the
+    unmasked design adds, on every N-th step, one gradient-free eval-mode encoder pass over every
+    token. Both are divided by the baseline's median step from the arms.
+    """
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, 32, 32, generator=g)
+    labels = torch.randint(0, 10, (batch,), generator=g)
+    probe = copy.deepcopy(model.online_probe).train()
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=0.0)
+    with torch.no_grad():
+        features = model.mae.encode(images).cls  # (B, D)
+
+    def probe_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(probe(features), labels).backward()
+        optimizer.step()
+
+    def unmasked_pass() -> None:
+        unmasked_feature(model.mae.encode, model.mae, images, "cls")
+
+    print(f"\nparts, timed alone (median of {repeats}), against the baseline step {step_s:.4f} s:")
+    for name, fn in (("probe forward+backward+AdamW", probe_step), ("unmasked pass", unmasked_pass)):
+        fn()  # warm
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        t = statistics.median(times)
+        print(f"  {name:30s} {1000 * t:9.3f} ms = {100 * t / step_s:7.3f} % of a step")
+        if name == "unmasked pass":
+            for every in (1, 4, 10, 50):
+                print(f"    every {every:2d} steps: {100 * t / every / step_s:6.2f} % of training time")
 
 
 class OfflineProbe(pl.Callback):
