@@ -149,7 +149,10 @@ def parts(model: MAEPretraining, step_s: float, batch: int = 128, repeats: int =
         unmasked_feature(model.mae.encode, model.mae, images, "cls")
 
     print(f"\nparts, timed alone (median of {repeats}), against the baseline step {step_s:.4f} s:")
-    for name, fn in (("probe forward+backward+AdamW", probe_step), ("unmasked pass", unmasked_pass)):
+    for name, fn in (
+        ("probe forward+backward+AdamW", probe_step),
+        ("unmasked pass", unmasked_pass),
+    ):
         fn()  # warm
         times = []
         for _ in range(repeats):
@@ -160,7 +163,9 @@ def parts(model: MAEPretraining, step_s: float, batch: int = 128, repeats: int =
         print(f"  {name:30s} {1000 * t:9.3f} ms = {100 * t / step_s:7.3f} % of a step")
         if name == "unmasked pass":
             for every in (1, 4, 10, 50):
-                print(f"    every {every:2d} steps: {100 * t / every / step_s:6.2f} % of training time")
+                print(
+                    f"    every {every:2d} steps: {100 * t / every / step_s:6.2f} % of training time"
+                )
 
 
 class OfflineProbe(pl.Callback):
@@ -238,7 +243,9 @@ def track(args) -> None:
         start = time.perf_counter()
         trainer.fit(model, datamodule=data)
         print(f"fit: {time.perf_counter() - start:.0f} s")
-    design = f"{args.probe_input}/{args.probe_every}" if args.probe_input == "unmasked" else "visible"
+    design = (
+        f"{args.probe_input}/{args.probe_every}" if args.probe_input == "unmasked" else "visible"
+    )
     print(f"\n| epoch | online ({design}, lr {args.probe_lr:g}) | offline linear | k-NN |")
     print("| ---: | ---: | ---: | ---: |")
     for row, acc, k in zip(offline.rows, online, knn_rows, strict=False):

@@ -13,8 +13,9 @@ token: ``eval/knn_acc/final_cls`` and ``eval/knn_acc/final_mean`` (``<where>`` a
 probe on the same bank features (standardised, L-BFGS: the offline protocol of
 :func:`maskrank.metrics.linear_probe_accuracy`) and logs its accuracy on the probe set,
 ``eval/linear_acc/<where>``: an offline linear probe at the cost of one small convex fit, the
-reference the online probe of :class:`~maskrank.tasks.MAEPretraining` is judged against. Under DDP both sets are sharded over the ranks and the features
-gathered, so the accuracy does not depend on the device count. When
+reference the online probe of :class:`~maskrank.tasks.MAEPretraining` is judged against. Under
+DDP both sets are sharded over the ranks and the features gathered, so the accuracy does not
+depend on the device count. When
 :class:`~maskrank.callbacks.RepresentationRankMonitor` measures the same probe set after the same
 validation epoch, the probe features come from its forward pass (one pass, not two).
 """

@@ -98,7 +98,9 @@ def plan(spec: SweepSpec, sweep_dir: Path) -> list[tuple[Cell, list[StageRun]]]:
             overrides = tuple(spec.stage_overrides(cell, stage, dirs, cell_dir))
             if stage is not spec.stages[-1]:
                 identity = json.dumps([[k, v] for k, v, _ in overrides], default=str)
-                dirs[stage.name] = first.setdefault((stage.name, stage.base, identity), dirs[stage.name])
+                dirs[stage.name] = first.setdefault(
+                    (stage.name, stage.base, identity), dirs[stage.name]
+                )
             runs.append(StageRun(layout.root, cell, stage, dirs[stage.name], overrides))
         out.append((cell, runs))
     return out

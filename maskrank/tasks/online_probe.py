@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 from torch import nn
+
+from maskrank.models.features import EncoderFeatures
 
 __all__ = ["Feature", "OnlineLinearProbe", "ProbeInput", "latent_feature", "unmasked_feature"]
 
@@ -29,7 +32,12 @@ def latent_feature(latent: torch.Tensor, feature: Feature) -> torch.Tensor:
 
 
 @torch.no_grad()
-def unmasked_feature(encode, module: nn.Module, images: torch.Tensor, feature: Feature):
+def unmasked_feature(
+    encode: Callable[[torch.Tensor], EncoderFeatures],
+    module: nn.Module,
+    images: torch.Tensor,
+    feature: Feature,
+) -> torch.Tensor:
     """``encode(images)``'s CLS or mean-patch feature (B, D), with ``module`` in eval mode.
 
     Eval mode draws no dropout masks, so the extra pass leaves the global RNG (and with it the

@@ -164,6 +164,10 @@ class MAEPretraining(pl.LightningModule):
             )
         if online_probe:
             check_interval(probe_lr, "probe_lr", 0.0, low_open=True)
+            if probe_input not in ("visible", "unmasked"):
+                raise ConfigError(
+                    f"{{field}} = {probe_input!r} must be 'visible' or 'unmasked'", "probe_input"
+                )
             if probe_every_n_steps < 1:
                 raise ConfigError(
                     f"{{field}} must be >= 1, got {probe_every_n_steps}", "probe_every_n_steps"

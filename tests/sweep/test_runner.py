@@ -182,23 +182,8 @@ def _pretrain_then_finetune(directory: Path) -> dict:
     }
 
 
-def test_two_stages_hand_the_checkpoint_on(tmp_path):
-    spec = {"stages": _pretrain_then_finetune(tmp_path)}
-    spec["grid"] = {"pretrain.model.init_args.mask_ratio": [0.75]}
-    outcome = run_sweep(_write(tmp_path / "two.yaml", spec), out=tmp_path / "out", echo=print)
-    cell = tmp_path / "out" / "mask_ratio=0.75"
-    assert outcome.ran == ["mask_ratio=0.75"]
-    saved = yaml.safe_load((cell / "finetune" / "config.yaml").read_text())
-    assert saved["model"]["init_args"]["encoder_ckpt"] == str(
-        cell / "pretrain" / "checkpoints" / "last.ckpt"
-    )
-    with (tmp_path / "out" / "results.csv").open() as f:
-        (row,) = list(csv.DictReader(f))
-    assert {"pretrain:val/loss", "finetune:val/acc", "finetune:val/loss"} <= set(row)
-    assert float(row["pretrain.model.init_args.mask_ratio"]) == 0.75
-
-
-def test_an_earlier_stage_the_arms_share_runs_once(tmp_path):
+def test_two_stages_hand_the_checkpoint_on_and_share_the_first(tmp_path):
+    # the grid only touches the second stage: both cells read one pretraining run
     spec = {"stages": _pretrain_then_finetune(tmp_path), "seeds": [0]}
     spec["grid"] = {"finetune.model.init_args.lr": [0.001, 0.003]}
     out = tmp_path / "out"
@@ -208,12 +193,15 @@ def test_an_earlier_stage_the_arms_share_runs_once(tmp_path):
     assert (out / first / "pretrain" / "result.json").is_file()
     assert not (out / second / "pretrain").exists()
     assert any(f"{second} [pretrain]: the same fit as {first}/pretrain" in line for line in lines)
-    saved = yaml.safe_load((out / second / "finetune" / "config.yaml").read_text())
-    assert saved["model"]["init_args"]["encoder_ckpt"] == str(
-        out / first / "pretrain" / "checkpoints" / "last.ckpt"
-    )
+    for cell in (first, second):
+        saved = yaml.safe_load((out / cell / "finetune" / "config.yaml").read_text())
+        assert saved["model"]["init_args"]["encoder_ckpt"] == str(
+            out / first / "pretrain" / "checkpoints" / "last.ckpt"
+        )
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
+    assert {"pretrain:val/loss", "finetune:val/acc", "finetune:val/loss"} <= set(rows[0])
+    assert [float(r["finetune.model.init_args.lr"]) for r in rows] == [0.001, 0.003]
     assert len(rows) == 2 and rows[0]["pretrain:val/loss"] == rows[1]["pretrain:val/loss"] != ""
     assert rows[0]["finetune:val/loss"] != rows[1]["finetune:val/loss"]
 
