@@ -1,8 +1,8 @@
 """Which features should MAE's online linear probe read? Cost of three designs, and tracking.
 
-    python scripts/bench_online_probe.py                 # cost: 4 arms, 2 interleaved rounds
-    python scripts/bench_online_probe.py --track         # does the shipped probe track offline?
-    python scripts/bench_online_probe.py --track --data-root /work/shared/data/cifar10
+    python scripts/bench_online_probe.py                 # cost: 5 arms, 2 interleaved rounds, parts
+    python scripts/bench_online_probe.py --track         # does the online probe track offline?
+    python scripts/bench_online_probe.py --track --data-root DIR   # DIR/train, DIR/test class folders
 
 1. Cost (``MAEPretraining``, ViT-Tiny/4 MAE of configs/pretrain/mae_vit_tiny_cifar10.yaml, batch
    128, SyntheticLowRank images): arms alternate round by round on copies of one model, validation
