@@ -120,9 +120,12 @@ def run_sweep(
     cells = plan(spec, sweep_dir)
     fits = sum(len(runs) for _, runs in cells)
     echo(f"sweep {spec.name}: {len(cells)} cells, {fits} fits -> {sweep_dir}; checking every fit")
+    checked: set[tuple[str, ...]] = set()
     for _, runs in cells:
-        for run in runs:
-            validate(run, spec.path, command_line.parse_error)
+        for run in runs:  # a stage shared by several cells (plan()) is one fit: checked once
+            if tuple(run.args()) not in checked:
+                validate(run, spec.path, command_line.parse_error)
+                checked.add(tuple(run.args()))
     done = {cell.id: all(read_result(run) for run in runs) for cell, runs in cells}
     outcome = SweepOutcome(sweep_dir, [cell.id for cell, _ in cells])
     if dry_run:
