@@ -28,8 +28,9 @@ import torch
 
 from maskrank.cli.adapt import load_classifier
 from maskrank.io.checkpoints import encoder_state_dict
-from maskrank.models.lora import merge_lora
+from maskrank.models.lora import as_lora_spec, merge_lora
 from maskrank.models.lora.angles import update_angles
+from maskrank.optim import as_optimizer_spec
 
 _CELL = re.compile(r"arm=(?P<arm>[^,]+),seed=(?P<seed>\d+)")
 
@@ -39,13 +40,12 @@ def _weights(path: Path) -> tuple[dict[str, torch.Tensor], int, str | None]:
     model = load_classifier(path)
     vit = merge_lora(model.model)
     weights = {n: m.weight.detach() for n, m in vit.named_modules() if type(m) is torch.nn.Linear}
-    lora = dict(model.hparams.get("lora") or {})
-    optimizer = dict(model.hparams.get("optimizer") or {})
-    if lora:  # a compressed Deep LoRA moves in r_c directions
-        width = lora.get("r_c") if lora.get("compress_after") else lora.get("r", 8)
-        k = int(width or max(1, int(lora.get("r", 8)) // 2))
-    elif optimizer.get("name") == "galore_adamw":
-        k = int(optimizer["rank"])
+    optimizer = as_optimizer_spec(model.hparams.get("optimizer"))
+    if model.hparams.get("lora"):  # a compressed Deep LoRA moves in r_c directions
+        lora = as_lora_spec(model.hparams["lora"])
+        k = lora.compressed_width if lora.compress_after is not None else lora.r
+    elif optimizer.name == "galore_adamw":
+        k = optimizer.rank
     else:
         k = 8
     return weights, min(k, 8), model.hparams.get("encoder_ckpt")

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from maskrank.models.lora import compress_deep_lora, gradient_init, lora_layers
+from maskrank.models.lora.init import top_singular_pairs
 from maskrank.optim import adamw
 from maskrank.tasks import ImageClassifier
 from maskrank.tasks.adaptation import trainable_parameters
@@ -93,6 +94,30 @@ class Arm:
         loss.backward()
         self.opt.step()
         return time.perf_counter() - start
+
+
+def time_decompositions(model: nn.Module, repeats: int = 3) -> tuple[float, float]:
+    """Seconds for the gradient init's top-r step over every adapted weight's shape (float64):
+    a full SVD against :func:`top_singular_pairs` (random matrices: content does not change
+    the time of either)."""
+    g = torch.Generator().manual_seed(0)
+    views = lora_layers(model).values()
+    mats = [
+        (torch.randn(v.base.weight.shape, generator=g, dtype=torch.float64), v.r) for v in views
+    ]
+    out = []
+    for fn in (
+        lambda m, r: torch.linalg.svd(m, full_matrices=False),
+        lambda m, r: top_singular_pairs(m, r),
+    ):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for m, r in mats:
+                fn(m, r)
+            times.append(time.perf_counter() - start)
+        out.append(statistics.median(times))
+    return out[0], out[1]
 
 
 def _batch(batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,6 +271,11 @@ def main() -> None:
     if "deep_c4" in step and "lora_all" in step:
         print(f"deep_c4 step / lora_all step: {step['deep_c4'] / step['lora_all']:.2f}x")
     if init_ratios:
+        svd_s, pairs_s = time_decompositions(arms["gradient_all"].model.model)
+        print(
+            f"top-r decomposition of every adapted weight (float64, median of 3): "
+            f"torch.linalg.svd {svd_s:.3f}s, top_singular_pairs {pairs_s:.3f}s"
+        )
         first = arms["gradient_all"].init_seconds
         print(
             f"gradient init over {INIT_BATCHES} batches / {INIT_BATCHES} full steps of the same "

@@ -123,9 +123,10 @@ def run_sweep(
     checked: set[tuple[str, ...]] = set()
     for _, runs in cells:
         for run in runs:  # a stage shared by several cells (plan()) is one fit: checked once
-            if tuple(run.args()) not in checked:
+            args = tuple(run.args())
+            if args not in checked:
                 validate(run, spec.path, command_line.parse_error)
-                checked.add(tuple(run.args()))
+                checked.add(args)
     done = {cell.id: all(read_result(run) for run in runs) for cell, runs in cells}
     outcome = SweepOutcome(sweep_dir, [cell.id for cell, _ in cells])
     if dry_run:

@@ -239,7 +239,7 @@ class MAEPretraining(pl.LightningModule):
             self.explicit_dropout.reset()
             loss, _, _, latent = self.mae.forward_with_latent(images, ratio, self.masking.strategy)
         self.log("train/loss", loss, prog_bar=True)
-        loss = loss + self._online_terms(images, latent, batch, batch_idx)
+        loss = loss + self._online_terms(latent, batch, batch_idx)
         if self.explicit_dropout is not None:
             penalty = self.explicit_dropout.pop()  # summed over the hooked fc2s
             self.log("train/dropout_penalty", penalty)
@@ -248,9 +248,7 @@ class MAEPretraining(pl.LightningModule):
             self.log("train/mask_ratio", ratio)
         return loss
 
-    def _online_terms(
-        self, images: torch.Tensor, latent: torch.Tensor, batch, batch_idx: int
-    ) -> torch.Tensor:
+    def _online_terms(self, latent: torch.Tensor, batch, batch_idx: int) -> torch.Tensor:
         """Uniformity term (of the visible-token latent (B, 1 + K, D)) and probe loss, 0-d."""
         hp = self.hparams
         extra = latent.new_zeros((), dtype=torch.float32)
@@ -260,16 +258,20 @@ class MAEPretraining(pl.LightningModule):
             extra = extra + hp.uniformity_weight * uniformity
         if self.online_probe is None:
             return extra
-        if hp.probe_input == "visible":
-            features = latent_feature(latent, hp.probe_feature)
-        elif batch_idx % hp.probe_every_n_steps == 0:
-            features = unmasked_feature(self.mae.encode, self.mae, images, hp.probe_feature)
-        else:
+        if hp.probe_input == "unmasked" and batch_idx % hp.probe_every_n_steps:
             return extra
         # detached inside the probe: its loss only trains the probe
-        probe_loss = F.cross_entropy(self.online_probe(features).float(), batch[1])
+        logits = self.online_probe(self._probe_features(batch[0], latent))
+        probe_loss = F.cross_entropy(logits.float(), batch[1])
         self.log("train/online_probe_loss", probe_loss)
         return extra + probe_loss
+
+    def _probe_features(self, images: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        """What the online probe reads (B, D): from the masked pass's latent, or a pass of its own."""
+        hp = self.hparams
+        if hp.probe_input == "visible":
+            return latent_feature(latent, hp.probe_feature)
+        return unmasked_feature(self.mae.encode, self.mae, images, hp.probe_feature)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The per-batch mask-ratio draws (mask_ratio_range) come from their own generator; a
@@ -295,12 +297,7 @@ class MAEPretraining(pl.LightningModule):
         )
         self.log("val/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
         if self.online_probe is not None:
-            hp = self.hparams
-            if hp.probe_input == "visible":
-                features = latent_feature(latent, hp.probe_feature)
-            else:  # validation runs in eval mode already
-                features = unmasked_feature(self.mae.encode, self.mae, images, hp.probe_feature)
-            logits = self.online_probe(features)
+            logits = self.online_probe(self._probe_features(images, latent))
             accuracy = (logits.argmax(dim=1) == batch[1]).float().mean()
             self.log("eval/online_linear_acc", accuracy, batch_size=images.shape[0], sync_dist=True)
 
