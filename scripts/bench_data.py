@@ -13,7 +13,7 @@ recipe (random resized crop, scale (0.2, 1), ratio (3/4, 4/3), bicubic, flip):
 * reference: ``torchvision.datasets.ImageFolder`` + ``RandomResizedCrop(224, (0.2, 1), BICUBIC)``
   + ``RandomHorizontalFlip`` + ``PILToTensor`` (the MAE recipe's transform with uint8 output; MAE's
   ``ToTensor`` + ``Normalize`` would only add float work to the reference);
-* maskrank: :class:`maskrank.data.file_crops.CroppedImageFiles` (``decode_crop``);
+* maskrank: :class:`maskrank.data.images.file_crops.CroppedImageFiles` (``decode_crop``);
 * maskrank-PIL: the same with ``simplejpeg`` switched off (PIL decodes), a lever breakdown.
 
 Both run in this one process, single-threaded (as in a DataLoader worker), arms alternating in
@@ -42,9 +42,9 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-import maskrank.data.decode as decode_module
-from maskrank.data.crops import CropSpec, crop_rng, random_resized_box
-from maskrank.data.file_crops import CroppedImageFiles
+import maskrank.data.images.decode as decode_module
+from maskrank.data.images.crops import CropSpec, crop_rng, random_resized_box
+from maskrank.data.images.file_crops import CroppedImageFiles
 
 SIZE, SCALE, RATIO = 224, (0.2, 1.0), (3 / 4, 4 / 3)
 FEED_TARGET = 3000  # img/s a ViT-B/16 MAE step consumes on a fast GPU

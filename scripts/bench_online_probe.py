@@ -183,7 +183,7 @@ class OfflineProbe(pl.Callback):
         feats = {}
         for split in ("train", "heldout"):
             raw, labels = dm.probe_batch(self.n, split)
-            images = dm.preprocess(raw, train=False)
+            images = dm.normalize(raw)
             with eval_mode(pl_module):
                 cls = torch.cat([pl_module.encode(c).cls for c in images.split(256)])
             feats[split] = (cls, labels)

@@ -35,7 +35,7 @@ def features(
     model.eval()
     cls, mean = [], []
     for start in range(0, images.shape[0], batch):
-        f = model.encode(dm.preprocess(images[start : start + batch], train=False))
+        f = model.encode(dm.normalize(images[start : start + batch]))
         cls.append(f.cls)
         mean.append(f.patch_mean)
     return {"cls": torch.cat(cls), "mean": torch.cat(mean)}

@@ -36,7 +36,7 @@ def features(
     model.eval()
     cls, mean = [], []
     for start in range(0, images.shape[0], batch):
-        x = dm.preprocess(images[start : start + batch], train=False)
+        x = dm.normalize(images[start : start + batch])
         f = model.encode(x)
         cls.append(f.cls)
         mean.append(f.patch_mean)

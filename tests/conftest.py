@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from maskrank.models.vit import ViTSpec
+from testkit.sources import Sources, write_sources
 from tests_helpers import TINY_VIT
 
 
@@ -30,3 +31,9 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def sources(tmp_path_factory) -> Sources:
+    """The tiny dataset on every file-based source (testkit.sources), written once per session."""
+    return write_sources(tmp_path_factory.mktemp("sources"))

@@ -46,7 +46,7 @@ def _heldout() -> tuple[torch.Tensor, torch.Tensor]:
     data = SyntheticLowRank(**TINY_DATA["init_args"])
     data.setup("predict")
     images, labels = zip(*data.predict_dataloader(), strict=True)
-    return data.preprocess(torch.cat(images), train=False), torch.cat(labels)
+    return data.normalize(torch.cat(images)), torch.cat(labels)
 
 
 def _fit(tmp_path: Path, model: dict) -> tuple[Path, Path]:

@@ -13,7 +13,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from maskrank.callbacks import RngStateCheckpoint
 from maskrank.data import StreamingDataModule
-from maskrank.data.optimize import optimize_dataset
+from maskrank.data.stream.optimize import optimize_dataset
 from maskrank.tasks import MAEPretraining
 from resume_helpers import max_abs_diff, tiny_mae_model
 from streaming_helpers import SeenIds, write_image_folder

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from maskrank.cli.lightning import build_cli
-from maskrank.data.optimize import optimize_dataset
+from maskrank.data.stream.optimize import optimize_dataset
 from resume_helpers import (
     max_abs_diff,
     read_steps,

@@ -1,6 +1,7 @@
 """Plumbing shared by the rank-monitoring callbacks (no metric math here: that is maskrank.metrics).
 
-* the fixed probe set of a maskrank datamodule, preprocessed on the module's device;
+* the datamodule as the data contract (:class:`maskrank.data.ImageData`), and its fixed probe
+  set, normalized on the module's device;
 * a context that puts a module in eval mode and restores every submodule's own mode afterwards;
 * logging: scalars computed on rank zero reach every logger (and ``trainer.callback_metrics``)
   through ``pl_module.log`` after a broadcast, so all ranks log the same values;
@@ -21,6 +22,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 
+from maskrank.data import ImageData, is_image_data
 from maskrank.metrics import NonFiniteInputError
 from maskrank.models.observed import Encodes, ObservedTask
 
@@ -30,6 +32,7 @@ __all__ = [
     "block_index_name",
     "due_after_validation",
     "eval_mode",
+    "image_data",
     "log_from_rank_zero",
     "module_type_name",
     "probe_images",
@@ -136,6 +139,22 @@ def skip_nonfinite(
         return {f"monitor/{owner}/skipped_nonfinite": 1.0}
 
 
+def image_data(trainer: pl.Trainer, owner: str, warned: set[str]) -> ImageData | None:
+    """The trainer's datamodule as the data contract, or None with one warning per ``owner``
+    (tracked in ``warned``) when it is not a maskrank datamodule. Every rank takes the same
+    decision, so a None never desynchronizes DDP collectives."""
+    datamodule = trainer.datamodule
+    if is_image_data(datamodule):
+        return datamodule
+    if owner not in warned:
+        warned.add(owner)
+        rank_zero_warn(
+            f"{owner} needs a maskrank datamodule (maskrank.data.ImageData: probe_batch, "
+            f"augmented_views, normalize); {type(datamodule).__name__} is not one; skipped."
+        )
+    return None
+
+
 def probe_images(
     trainer: pl.Trainer,
     pl_module: pl.LightningModule,
@@ -151,20 +170,13 @@ def probe_images(
     ``with_labels`` returns ``(images, labels int64 (N,) on the CPU)``.
 
     Returns float images (N, C, H, W) in the dtype of the module's floating parameters (so a
-    ``bf16-true`` run gets bf16 input), or None with one warning (per ``owner``, tracked in
-    ``warned``) when the datamodule has no ``probe_batch``/``preprocess`` (not a maskrank one).
-    Every rank takes the same decision, so a None never desynchronizes DDP collectives.
+    ``bf16-true`` run gets bf16 input), or None (see :func:`image_data`).
     """
-    dm = trainer.datamodule
-    if dm is None or not hasattr(dm, "probe_batch") or not hasattr(dm, "preprocess"):
-        if owner not in warned:
-            warned.add(owner)
-            rank_zero_warn(
-                f"{owner} needs a maskrank datamodule (with probe_batch and preprocess); skipped."
-            )
+    dm = image_data(trainer, owner, warned)
+    if dm is None:
         return None
-    raw, labels = dm.probe_batch(n, split) if split != "heldout" else dm.probe_batch(n)
-    images = dm.preprocess(raw.to(pl_module.device), train=False)  # (N, C, H, W) float32
+    raw, labels = dm.probe_batch(n, split)  # the same images every call, every epoch
+    images = dm.normalize(raw.to(pl_module.device))  # (N, C, H, W) float32
     dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), images.dtype)
     return (images.to(dtype), labels) if with_labels else images.to(dtype)
 

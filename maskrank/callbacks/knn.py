@@ -28,6 +28,7 @@ from torch import Tensor
 
 from maskrank.callbacks._common import due_after_validation, log_from_rank_zero, probe_images
 from maskrank.callbacks._features import clear_feature_cache, embed, embed_cached
+from maskrank.data import is_image_data
 from maskrank.errors import ConfigError
 from maskrank.metrics import knn_accuracy, linear_probe_accuracy
 
@@ -107,11 +108,11 @@ class OnlineKNN(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Refuse, before any training, a datamodule without labels or a ``k`` above the bank."""
         dm = trainer.datamodule
-        if dm is None or not hasattr(dm, "probe_batch") or getattr(dm, "num_classes", 0) < 2:
+        if not is_image_data(dm) or dm.num_classes < 2:
             name = type(dm).__name__ if dm is not None else "no datamodule"
             raise ConfigError(
-                f"OnlineKNN needs a maskrank datamodule with class labels (num_classes >= 2, "
-                f"probe_batch); got {name}: remove OnlineKNN from trainer.callbacks"
+                f"OnlineKNN needs a maskrank datamodule (maskrank.data.ImageData) with class "
+                f"labels (num_classes >= 2); got {name}: remove OnlineKNN from trainer.callbacks"
             )
         _, labels = dm.probe_batch(self._size(pl_module, self.bank_size), "train")
         if self.k > labels.shape[0]:

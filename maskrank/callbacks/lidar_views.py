@@ -1,8 +1,9 @@
 """LiDAR's input for the representation monitor: augmented views of a fixed set (SCIENCE.md §9).
 
-``samples`` fixed training images, each in ``views`` views drawn with the datamodule's own training
-augmentation (random resized crop and flip, the same function the training batches go through),
-from a generator with a fixed seed: every evaluation sees the same views, so LiDAR curves compare
+``samples`` fixed training images, each in ``views`` views made by the datamodule's own training
+augmentation from a fixed seed (:meth:`maskrank.data.ImageData.augmented_views`: the device-side
+crop and flip for in-memory data, crops of the original file by the loader workers' crop function
+for file-backed and streaming data): every evaluation sees the same views, so LiDAR curves compare
 like with like, and the global RNG that training uses is never touched.
 """
 
@@ -11,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytorch_lightning as pl
-import torch
 from torch import Tensor
 
 from maskrank.callbacks._features import embed
+from maskrank.data import is_image_data
 from maskrank.errors import ConfigError
 from maskrank.metrics import lidar
 
@@ -49,7 +50,7 @@ class LidarSpec:
 
 def check_augmenting(datamodule: object) -> None:
     """ConfigError unless the datamodule augments its training images (LiDAR's views need it)."""
-    if not getattr(datamodule, "augment", False) or not hasattr(datamodule, "preprocess"):
+    if not is_image_data(datamodule) or not datamodule.augment:
         raise ConfigError(
             "RepresentationRankMonitor lidar needs the datamodule's training augmentation, but "
             f"{type(datamodule).__name__} does not augment (data.init_args.augment is false or "
@@ -61,13 +62,9 @@ def lidar_embeddings(
     trainer: pl.Trainer, pl_module: pl.LightningModule, spec: LidarSpec, batch_size: int
 ) -> dict[str, Tensor]:
     """``final_cls`` and ``final_mean`` embeddings (n, q, D) of the views, on every rank."""
-    dm = trainer.datamodule
-    raw, _ = dm.probe_batch(spec.samples, "train")  # uint8 (n, C, S, S), fixed
-    raw = raw.to(pl_module.device)
-    generator = torch.Generator(device=pl_module.device).manual_seed(LIDAR_VIEW_SEED)
-    views = torch.stack(
-        [dm.preprocess(raw, train=True, generator=generator) for _ in range(spec.views)], dim=1
-    )  # (n, q, C, S, S): every rank draws the same views, then embeds its shard
+    dm = trainer.datamodule  # checked by check_augmenting in the monitor's setup
+    views = dm.augmented_views(spec.samples, spec.views, LIDAR_VIEW_SEED, pl_module.device)
+    # (n, q, C, S, S): every rank makes the same views, then embeds its shard
     n, q = views.shape[:2]
     dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), views.dtype)
     features = embed(trainer, pl_module, views.flatten(0, 1).to(dtype), batch_size)

@@ -51,7 +51,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "data": Command(
         "data optimize: a dataset as streaming shards (litdata)",
-        "maskrank.data.optimize:data_command",
+        "maskrank.cli.data:data_command",
     ),
     "export": Command(
         "a classifier as timm weights (+ peft adapter)", "maskrank.cli.adapt:export_command"

@@ -8,7 +8,9 @@ the CLI can link them into the model before ``setup``. Everything else lives her
 * ``on_after_batch_transfer`` (on the training device) turns them into normalized float32 and, while
   the trainer is training, applies a batched random resized crop and horizontal flip;
 * splits: ``train`` for fitting, and one held-out split for validate, test and predict;
-* :meth:`InMemoryImageDataModule.probe_batch` returns a fixed held-out subset for rank probes;
+* the data contract (:class:`maskrank.data.contract.ImageData`): :meth:`probe_batch` returns a
+  fixed unaugmented subset of a split, :meth:`augmented_views` views of fixed training images by the
+  training augmentation from a seed, :meth:`normalize` the device-side normalisation;
 * the training order is a function of the run's seed and the epoch, and the datamodule's
   ``state_dict`` records where in an epoch a checkpoint was written, so a resumed fit continues
   with exactly the batches the uninterrupted run would have seen (see :mod:`maskrank.data.order`).
@@ -19,7 +21,7 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -28,7 +30,8 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from maskrank.data.augment import random_hflip, random_resized_crop, to_float
+from maskrank.data.contract import Split
+from maskrank.data.images.augment import random_hflip, random_resized_crop, to_float
 from maskrank.data.messages import require
 from maskrank.data.order import (
     EpochShuffleSampler,
@@ -40,8 +43,6 @@ from maskrank.data.pairs import PairDataset, keep_batch
 from maskrank.errors import ConfigError
 
 __all__ = ["InMemoryImageDataModule", "Split", "available_cores"]
-
-Split = Literal["train", "heldout"]
 
 # Offset added to ``seed`` for the probe subset, so it is not tied to the train-subset shuffle.
 _PROBE_SEED_OFFSET = 7919
@@ -63,6 +64,7 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         image_size: side of the square images the model sees.
         mean: per-channel normalization mean on the 0..1 scale (length ``in_chans``).
         std: per-channel normalization std on the 0..1 scale (length ``in_chans``).
+        classes: class names in label order (``"0".."K-1"`` where the data has none).
 
     Args:
         batch_size: images per batch, per device.
@@ -84,6 +86,10 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    classes: list[str]
+    # Held-out images are the stored images, resized once (bilinear) when their side differs.
+    eval_interpolation: str = "bilinear"
+    eval_crop_pct: float = 1.0
 
     def __init__(
         self,
@@ -130,8 +136,12 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         image_size: int,
         mean: Sequence[float],
         std: Sequence[float],
+        classes: Sequence[str] | None = None,
     ) -> None:
-        """Set the attributes the model is built from; called by subclasses in ``__init__``."""
+        """Set the attributes the model is built from; called by subclasses in ``__init__``.
+
+        ``classes`` names the labels in order; None numbers them ``"0".."K-1"``.
+        """
         require(image_size >= 1, "image_size", ">= 1", image_size)
         require(len(mean) == in_chans, "mean", f"{in_chans} value(s), one per channel", mean)
         require(len(std) == in_chans, "std", f"{in_chans} value(s), one per channel", std)
@@ -141,6 +151,8 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         self.image_size = int(image_size)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        names = [str(c) for c in classes] if classes is not None else None
+        self.classes = names if names else [str(i) for i in range(self.num_classes)]
 
     # ----------------------------------------------------------------------------- splits
     @abc.abstractmethod
@@ -243,23 +255,29 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
             self._resume = {k: int(v) for k, v in position.items()}
 
     # ----------------------------------------------------------------------------- device side
-    def preprocess(
-        self, images_uint8: Tensor, train: bool, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """Normalize ``(B, C, H, W)`` uint8 images; augment them too when ``train`` and ``augment``.
+    @property
+    def augments_on_device(self) -> bool:
+        """Whether training batches are cropped and flipped here, on the device (in memory); a
+        subclass that crops in the loader workers returns False."""
+        return self.augment
 
-        Returns ``(B, C, image_size, image_size)`` float32 when augmenting, otherwise a float32
-        tensor of the input's shape. Runs on the input's device; the augmentation draws from
-        ``generator`` (on that device) when given, else from the device's global generator.
-        """
-        images = to_float(images_uint8, self.mean, self.std)  # (B, C, H, W) float32
-        if train and self.augment:
-            images = random_resized_crop(
-                images, self.image_size, scale=self.crop_scale, generator=generator
-            )
-            if self.hflip:
-                images = random_hflip(images, generator=generator)
-        return images
+    def normalize(self, images_uint8: Tensor) -> Tensor:
+        """``(B, C, H, W)`` uint8 -> normalized float32, on the input's device."""
+        return to_float(images_uint8, self.mean, self.std)
+
+    def _augment(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The training augmentation of normalized ``(B, C, H, W)`` images on their device:
+        random resized crop to ``image_size`` (and flip), drawn from ``generator`` when given."""
+        images = random_resized_crop(
+            images, self.image_size, scale=self.crop_scale, generator=generator
+        )
+        return random_hflip(images, generator=generator) if self.hflip else images
+
+    def preprocess(self, images_uint8: Tensor, train: bool) -> Tensor:
+        """Normalize ``(B, C, H, W)`` uint8 images; augment them too when ``train`` and the
+        augmentation runs on the device (:attr:`augments_on_device`)."""
+        images = self.normalize(images_uint8)  # (B, C, H, W) float32
+        return self._augment(images) if train and self.augments_on_device else images
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Lightning hook (on the device): uint8 batch -> normalized float32, augmented in training."""
@@ -268,8 +286,21 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         return self.preprocess(images, train=training), labels
 
     # ----------------------------------------------------------------------------- probes
+    def _probe_indices(self, size: int, n: int) -> list[int]:
+        """The first ``n`` of a permutation of ``range(size)`` seeded by ``seed``: the probe set's
+        positions in a split (a smaller ``n`` is a prefix of a larger one)."""
+        if n < 1:
+            raise ValueError(f"probe_batch: n must be >= 1, got {n}")
+        generator = torch.Generator().manual_seed(self.seed + _PROBE_SEED_OFFSET)
+        return torch.randperm(size, generator=generator)[:n].tolist()  # min(n, size) positions
+
+    def _probe_source(self, split: Split) -> PairDataset:
+        """Where the unaugmented probe images of ``split`` come from: the split itself, whose
+        images are stored unaugmented (a subclass that crops in its workers overrides this)."""
+        return self._split(split)
+
     def probe_batch(self, n: int, split: Split = "heldout") -> tuple[Tensor, Tensor]:
-        """A fixed, seeded subset of ``n`` images (uint8) of ``split`` and their labels.
+        """A fixed, seeded subset of ``n`` unaugmented images (uint8) of ``split`` and labels.
 
         The same ``seed`` always gives the same images; a smaller ``n`` gives a prefix of a larger
         one. ``n`` larger than the split is clamped to its size. ``split="train"`` (after
@@ -278,9 +309,22 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         Returns:
             ``(images uint8 (n, C, S, S), labels int64 (n,))``.
         """
-        if n < 1:
-            raise ValueError(f"probe_batch: n must be >= 1, got {n}")
-        data = self._split(split)
-        generator = torch.Generator().manual_seed(self.seed + _PROBE_SEED_OFFSET)
-        indices = torch.randperm(len(data), generator=generator)[:n]  # (min(n, N),)
-        return data.__getitems__(indices.tolist())
+        data = self._probe_source(split)
+        return data.__getitems__(self._probe_indices(len(data), n))
+
+    def augmented_views(
+        self, n: int, views: int, seed: int, device: torch.device | None = None
+    ) -> Tensor:
+        """``views`` augmented versions of ``probe_batch(n, "train")``'s images, from ``seed``.
+
+        The in-memory augmentation (random resized crop and flip of the normalized image) on
+        ``device``, every random number drawn from a generator seeded with ``seed``: the same
+        views on every call and every rank, and the global RNG training uses is not touched.
+
+        Returns:
+            ``(n, views, C, S, S)`` normalized float32 on ``device``.
+        """
+        raw, _ = self.probe_batch(n, "train")  # (n, C, S, S) uint8
+        images = self.normalize(raw.to(device))
+        generator = torch.Generator(device=images.device).manual_seed(int(seed))
+        return torch.stack([self._augment(images, generator) for _ in range(views)], dim=1)

@@ -25,9 +25,9 @@ import torch
 import torchvision
 from torch import Tensor
 
-from maskrank.data.augment import resize_uint8
 from maskrank.data.base import InMemoryImageDataModule, Split
 from maskrank.data.download import download_or_raise
+from maskrank.data.images.augment import resize_uint8
 from maskrank.data.messages import require
 from maskrank.data.pairs import TensorPairs
 from maskrank.data.safe_pickle import load_pickle
@@ -140,7 +140,7 @@ class _CIFARDataModule(InMemoryImageDataModule):
         self._set_geometry(
             layout.num_classes, 3, image_size or _NATIVE_SIZE, layout.mean, layout.std
         )
-        self.class_names: list[str] | None = None  # filled from the meta file by setup
+        self._names_read = False  # ``classes`` are numbered until the meta file is read
 
     # ---------------------------------------------------------------- files
     @property
@@ -199,8 +199,8 @@ class _CIFARDataModule(InMemoryImageDataModule):
     def _load_split(self, split: Split) -> TensorPairs:
         """Read every batch file of ``split`` into one uint8 tensor, resized if asked."""
         self._require_files(split)
-        if self.class_names is None:
-            self.class_names = self._read_class_names()
+        if not self._names_read:
+            self.classes, self._names_read = self._read_class_names(), True
         files = self._batch_paths(split)
         parts = [read_cifar_batch(p, self.layout.label_key, self.num_classes) for p in files]
         images = torch.cat([p[0] for p in parts])  # (N, 3, 32, 32) uint8

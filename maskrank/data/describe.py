@@ -1,5 +1,7 @@
 """What a model trained on a datamodule needs to see its inputs again: the evaluation preprocessing.
 
+Read from the data contract (:class:`~maskrank.data.contract.ImageData`) only.
+
 Recorded in a classifier's checkpoint (``data_config``) so an export can hand it to other tools in
 timm's terms: ``input_size`` ``(C, S, S)``, ``mean`` and ``std`` (0..1 scale), ``interpolation`` and
 ``crop_pct`` of the held-out resize (shorter side to ``S / crop_pct``, then a centre ``S x S``
@@ -10,30 +12,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from maskrank.data.contract import ImageData, is_image_data
+
 __all__ = ["class_names_of", "data_config"]
 
 
 def class_names_of(datamodule: Any, num_classes: int) -> list[str]:
-    """The datamodule's class names (``classes`` or ``class_names``), else ``"0".."N-1"``."""
-    for attribute in ("classes", "class_names"):
-        names = getattr(datamodule, attribute, None)
-        if names is not None and len(names) == num_classes:
-            return [str(n) for n in names]
+    """The datamodule's class names when it has ``num_classes`` of them, else ``"0".."N-1"``."""
+    if is_image_data(datamodule) and len(datamodule.classes) == num_classes:
+        return [str(n) for n in datamodule.classes]
     return [str(i) for i in range(num_classes)]
 
 
-def data_config(datamodule: Any) -> dict[str, Any]:
-    """The held-out preprocessing of a maskrank datamodule, as plain values (checkpoint-safe).
-
-    Held-out images are resized so their shorter side is ``image_size`` (bilinear, PIL's or
-    torch's antialiased one), then centre-cropped: ``crop_pct`` 1. An image folder read from
-    the files (``in_memory=False``) resizes to ``image_size / crop_pct`` with bicubic instead.
-    """
+def data_config(datamodule: ImageData) -> dict[str, Any]:
+    """The held-out preprocessing of a maskrank datamodule, as plain values (checkpoint-safe):
+    shorter side resized to ``image_size / eval_crop_pct`` with ``eval_interpolation``, then
+    the centre ``image_size`` square."""
     size = int(datamodule.image_size)
     in_chans = int(datamodule.in_chans)
-    interpolation, crop_pct = "bilinear", 1.0
-    if getattr(datamodule, "in_memory", True) is False:
-        interpolation, crop_pct = "bicubic", float(datamodule.crop_pct)
+    interpolation, crop_pct = str(datamodule.eval_interpolation), float(datamodule.eval_crop_pct)
     return {
         "input_size": [in_chans, size, size],
         "mean": [float(m) for m in datamodule.mean],

@@ -17,9 +17,9 @@ import torchvision
 from torch import Tensor
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from maskrank.data.augment import resize_uint8
 from maskrank.data.base import InMemoryImageDataModule, Split
 from maskrank.data.download import download_or_raise
+from maskrank.data.images.augment import resize_uint8
 from maskrank.data.messages import one_line, require
 from maskrank.data.pairs import TensorPairs
 from maskrank.errors import CorruptFileError, DatasetNotFoundError
@@ -61,8 +61,8 @@ class FashionMNISTDataModule(InMemoryImageDataModule):
         require(image_size is None or image_size >= 1, "image_size", ">= 1 or null", image_size)
         self.root = root
         self.download = download
-        self._set_geometry(10, 1, image_size or _NATIVE_SIZE, _MEAN, _STD)
-        self.class_names: list[str] = list(torchvision.datasets.FashionMNIST.classes)
+        classes = torchvision.datasets.FashionMNIST.classes
+        self._set_geometry(10, 1, image_size or _NATIVE_SIZE, _MEAN, _STD, classes)
 
     @property
     def raw_folder(self) -> str:

@@ -14,7 +14,7 @@ decodes (or loads the cache) in ``setup``; the cache write is atomic, so concurr
 corrupt it.
 
 With ``in_memory=False`` (data too large for memory, e.g. ImageNet) the ImageNet recipe runs in the
-DataLoader workers (:mod:`maskrank.data.file_crops`): a training image is a random resized crop of
+DataLoader workers (:mod:`maskrank.data.images.file_crops`): a training image is a random resized crop of
 the *original* file (area ``crop_scale``, ratio (3/4, 4/3), bicubic) plus a flip, drawn from
 ``(seed, epoch, index)``; a held-out image is its centre crop after resizing the shorter side to
 ``image_size / crop_pct``. Either way batches are ``(uint8 (B, C, S, S), int64 (B,))``.
@@ -25,15 +25,15 @@ from __future__ import annotations
 import os
 from typing import Any, Literal
 
+import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from maskrank.data.augment import to_float
 from maskrank.data.base import InMemoryImageDataModule, Split
-from maskrank.data.crops import CropSpec
-from maskrank.data.file_crops import CroppedImageFiles
-from maskrank.data.image_files import (
+from maskrank.data.images.crops import CropSpec
+from maskrank.data.images.file_crops import CroppedImageFiles
+from maskrank.data.images.files import (
     cache_key,
     decode_all,
     load_cache,
@@ -112,7 +112,9 @@ class ImageFolderDataModule(InMemoryImageDataModule):
             mean = _IMAGENET_MEAN if in_chans == 3 else (0.5,)
         if std is None:
             std = _IMAGENET_STD if in_chans == 3 else (0.5,)
-        self._set_geometry(len(self.classes), in_chans, image_size, mean, std)
+        self._set_geometry(len(self.classes), in_chans, image_size, mean, std, self.classes)
+        if not in_memory:  # held-out files: shorter side to image_size / crop_pct, bicubic
+            self.eval_interpolation, self.eval_crop_pct = "bicubic", self.crop_pct
 
     def describe_classes(self) -> str:
         """Where the classes come from and which they are, for a message about their count."""
@@ -171,6 +173,17 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         return samples
 
     # ---------------------------------------------------------------- loading
+    def _crop_spec(self, train: bool) -> CropSpec:
+        """The crop of a file-backed image: the training recipe's random resized crop (and flip)
+        when ``train``, else the evaluation centre crop."""
+        return CropSpec(
+            size=self.image_size,
+            train=train,
+            scale=self.crop_scale,
+            hflip=self.hflip,
+            crop_pct=self.crop_pct,
+        )
+
     def _cache_path(self, split: Split, samples: list[tuple[str, int]]) -> str | None:
         """Where the decoded tensors of ``split`` are cached, or None when caching is off."""
         if self.cache_dir is None:
@@ -182,13 +195,7 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         """Decode (or load from the cache) ``split``; or index its files when not in memory."""
         samples = self._samples(split)
         if not self.in_memory:
-            spec = CropSpec(
-                size=self.image_size,
-                train=split == "train" and self.augment,
-                scale=self.crop_scale,
-                hflip=self.hflip,
-                crop_pct=self.crop_pct,
-            )
+            spec = self._crop_spec(train=split == "train" and self.augment)
             skip = self.on_bad_image == "skip"
             return CroppedImageFiles(samples, spec, self.in_chans, shuffle_seed(self.seed), skip)
         cache_path = self._cache_path(split, samples)
@@ -209,11 +216,39 @@ class ImageFolderDataModule(InMemoryImageDataModule):
             data.seed = shuffle_seed(self.seed)
         return super().train_dataloader()
 
-    def preprocess(self, images_uint8: Tensor, train: bool) -> Tensor:
-        """Normalize; augment on the device only in memory (file crops are augmented already)."""
-        if self.in_memory:
-            return super().preprocess(images_uint8, train)
-        return to_float(images_uint8, self.mean, self.std)  # (B, C, S, S) float32
+    @property
+    def augments_on_device(self) -> bool:
+        """In memory only: file-backed training crops were taken in the loader workers."""
+        return self.augment and self.in_memory
+
+    def _probe_source(self, split: Split) -> PairDataset:
+        """File-backed: the split's files with the evaluation crop, so probe images (and the
+        k-NN bank drawn from the training split) are the same every call and every epoch."""
+        data = self._split(split)
+        if isinstance(data, CroppedImageFiles) and data.spec.train:
+            return data.with_spec(self._crop_spec(train=False))
+        return data
+
+    def augmented_views(
+        self, n: int, views: int, seed: int, device: torch.device | None = None
+    ) -> Tensor:
+        """File-backed: view ``v`` of a probe image is the crop of its *original file* that the
+        loader workers would take in epoch ``v`` of a run seeded with ``seed`` (same crop
+        function, :func:`~maskrank.data.images.crops.crop_rng`); in memory, the device
+        augmentation of the base class.
+
+        Returns:
+            ``(n, views, C, S, S)`` normalized float32 on ``device``.
+        """
+        data = self._split("train")
+        if not isinstance(data, CroppedImageFiles):
+            return super().augmented_views(n, views, seed, device)
+        files = data.with_spec(self._crop_spec(train=self.augment), seed=int(seed))
+        indices = self._probe_indices(len(files), n)
+        crops = torch.stack(
+            [torch.stack([files.crop(i, epoch=v) for v in range(views)]) for i in indices]
+        )  # (n, views, C, S, S) uint8
+        return self.normalize(crops.flatten(0, 1).to(device)).unflatten(0, crops.shape[:2])
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Log ``data/skipped_images`` when the count of skipped files grew, then preprocess."""

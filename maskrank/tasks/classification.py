@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from maskrank.data import is_image_data
 from maskrank.data.describe import data_config
 from maskrank.errors import ConfigError, check_interval, flag_of
 from maskrank.io.checkpoints import load_encoder, resolve_checkpoint
@@ -283,7 +284,7 @@ class ImageClassifier(pl.LightningModule):
         # describe its inputs (maskrank export -> timm's config.json); kept from a loaded
         # checkpoint when no datamodule is attached.
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
-        if datamodule is not None and hasattr(datamodule, "image_size"):
+        if is_image_data(datamodule):
             self.data_config = data_config(datamodule)
         if self.data_config is not None:
             checkpoint["data_config"] = self.data_config

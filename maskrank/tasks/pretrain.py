@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskrank.data import is_image_data
 from maskrank.errors import ConfigError, check_interval
 from maskrank.metrics import uniformity_loss
 from maskrank.models.dropout import DropoutSpec
@@ -48,7 +49,8 @@ VAL_MASK_SEED = 1234
 
 def effective_batch_size(trainer: pl.Trainer) -> int:
     """Images per optimizer step over all processes: batch x accumulation x world size."""
-    batch = getattr(trainer.datamodule, "batch_size", None)
+    datamodule = trainer.datamodule
+    batch = datamodule.batch_size if is_image_data(datamodule) else None
     if batch is None:
         if trainer.train_dataloader is None:
             trainer.fit_loop.setup_data()  # what Lightning does to estimate stepping batches

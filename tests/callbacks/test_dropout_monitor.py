@@ -17,7 +17,7 @@ from ._helpers import TINY_VIT, tiny_data, tiny_mae
 def _probe(n: int = 12) -> torch.Tensor:
     dm = tiny_data()
     dm.setup("validate")
-    return dm.preprocess(dm.probe_batch(n)[0], train=False)  # (n, 3, 32, 32)
+    return dm.normalize(dm.probe_batch(n)[0])  # (n, 3, 32, 32)
 
 
 def _hooked_activations(model, images) -> dict[str, torch.Tensor]:

@@ -35,8 +35,8 @@ def test_knn_accuracy_is_that_of_unaugmented_eval_mode_features(make_trainer):
     probe, probe_y = data.probe_batch(24)
     model.eval()
     with torch.no_grad():
-        fb = model.encode(data.preprocess(bank, train=False))
-        fp = model.encode(data.preprocess(probe, train=False))
+        fb = model.encode(data.normalize(bank))
+        fp = model.encode(data.normalize(probe))
     expected = {
         "eval/knn_acc/final_cls": knn_accuracy(fb.cls, bank_y, fp.cls, probe_y, k=5),
         "eval/knn_acc/final_mean": knn_accuracy(fb.patch_mean, bank_y, fp.patch_mean, probe_y, 5),
@@ -87,12 +87,10 @@ def test_lidar_of_the_monitor_matches_the_metric_on_the_same_views(make_trainer)
     data, model = tiny_data(), tiny_mae()
     monitor = RepresentationRankMonitor(per_block=False, lidar=LidarSpec(views=3, samples=20))
     make_trainer([monitor], logger=False).validate(model, datamodule=data, verbose=False)
-    raw, _ = data.probe_batch(20, "train")
-    generator = torch.Generator().manual_seed(LIDAR_VIEW_SEED)
-    views = [data.preprocess(raw, train=True, generator=generator) for _ in range(3)]
+    views = data.augmented_views(20, 3, LIDAR_VIEW_SEED)  # (20, 3, C, S, S)
     model.eval()
     with torch.no_grad():
-        feats = [model.encode(v) for v in views]
+        feats = [model.encode(views[:, v]) for v in range(3)]
     cls = torch.stack([f.cls for f in feats], dim=1)  # (20, 3, D)
     mean = torch.stack([f.patch_mean for f in feats], dim=1)
     assert monitor.last_metrics["rank/final_cls/lidar"] == pytest.approx(lidar(cls), rel=1e-4)

@@ -52,7 +52,7 @@ class KnownRankEncoder(pl.LightningModule):
 def test_known_rank_features(make_trainer):
     dm = tiny_data(val_size=PROBE)
     dm.setup("validate")
-    probe = dm.preprocess(dm.probe_batch(PROBE)[0], train=False)
+    probe = dm.normalize(dm.probe_batch(PROBE)[0])
     module = KnownRankEncoder(probe)
     monitor = RepresentationRankMonitor(probe_size=PROBE, batch_size=5, all_metrics=True)
     trainer = make_trainer([monitor])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maskrank.data.augment import random_hflip, random_resized_crop, resize_uint8, to_float
+from maskrank.data.images.augment import random_hflip, random_resized_crop, resize_uint8, to_float
 
 
 def _ramps(batch: int, height: int, width: int) -> torch.Tensor:

@@ -47,7 +47,7 @@ def test_cifar10_pixels_and_labels(tmp_path: Path, write_cifar, no_network, prot
     assert train.labels.tolist() == sum((written[name][1] for name in TRAIN10), [])
     assert torch.equal(held.images.reshape(3, -1), torch.from_numpy(written["test_batch"][0]))
     assert held.labels.tolist() == written["test_batch"][1]
-    assert dm.class_names == [f"c{i}" for i in range(10)]
+    assert dm.classes == [f"c{i}" for i in range(10)]
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (4, 3, 32, 32) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64
@@ -63,7 +63,7 @@ def test_cifar100_fine_labels_and_resize(tmp_path: Path, write_cifar, no_network
     assert train.images.shape == (4, 3, 16, 16)
     assert train.labels.tolist() == written["train"][1]
     assert dm._split("heldout").labels.tolist() == written["test"][1]
-    assert dm.class_names == [f"f{i}" for i in range(100)]
+    assert dm.classes == [f"f{i}" for i in range(100)]
 
 
 def test_missing_files_name_the_path_and_the_flag(tmp_path: Path, write_cifar, no_network) -> None:

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-import maskrank.data.decode as decode_module
+import maskrank.data.images.decode as decode_module
 from maskrank.data import ImageFolderDataModule
-from maskrank.data.crops import CropBox, CropSpec, crop_rng, draw_crop, random_resized_box
-from maskrank.data.decode import decode_box, decode_crop, reduction_factor
-from maskrank.data.file_crops import CroppedImageFiles
+from maskrank.data.images.crops import CropBox, CropSpec, crop_rng, draw_crop, random_resized_box
+from maskrank.data.images.decode import decode_box, decode_crop, reduction_factor
+from maskrank.data.images.file_crops import CroppedImageFiles
 from maskrank.errors import ConfigError
 
 

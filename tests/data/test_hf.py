@@ -12,8 +12,8 @@ from PIL import Image
 
 from maskrank.cli import main
 from maskrank.data import HFDataModule, StreamingDataModule
-from maskrank.data.optimize import data_command
-from maskrank.data.optimized import read_meta
+from maskrank.data.stream.layout import read_meta
+from maskrank.cli.data import data_command
 from maskrank.errors import ConfigError, DatasetNotFoundError
 from streaming_helpers import flat_image, identities
 

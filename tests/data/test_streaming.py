@@ -13,9 +13,9 @@ import torch
 
 from maskrank.cli import main
 from maskrank.data import StreamingDataModule
-from maskrank.data.encoded import sample_seed, train_crop
-from maskrank.data.optimize import data_command
-from maskrank.data.optimized import read_meta
+from maskrank.data.images.encoded import sample_seed, train_crop
+from maskrank.data.stream.layout import read_meta
+from maskrank.cli.data import data_command
 from maskrank.errors import ConfigError, CorruptFileError, DatasetNotFoundError
 from streaming_helpers import CLASSES, flat_image, identities, sorted_ids, write_image_folder
 
@@ -72,7 +72,7 @@ def test_heldout_images_are_centre_crops_in_stored_order_and_probes_are_fixed(op
     again, _ = StreamingDataModule(str(out), image_size=32, batch_size=8).probe_batch(3)
     assert torch.equal(probe[:3], again)  # a smaller probe is a prefix of a larger one
     assert probe_labels.tolist() == [i % 4 for i in identities(probe)]
-    normalized = dm.preprocess(probe, train=False)
+    normalized = dm.normalize(probe)
     assert normalized.dtype == torch.float32 and normalized.shape == probe.shape
 
 
@@ -92,7 +92,7 @@ def test_training_crops_come_from_the_original_image_and_depend_on_seed_epoch_an
 
 
 def test_streaming_imports_no_lightning_package():
-    code = "import sys, maskrank.data, maskrank.data.optimize; print(sorted(m for m in sys.modules if m == 'lightning' or m.startswith('lightning.')))"
+    code = "import sys, maskrank.data, maskrank.data.stream.optimize; print(sorted(m for m in sys.modules if m == 'lightning' or m.startswith('lightning.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

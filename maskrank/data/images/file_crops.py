@@ -1,8 +1,8 @@
 """Image files cropped in DataLoader workers: the ImageNet recipe's random resized crops.
 
-:class:`CroppedImageFiles` decodes each file with :func:`~maskrank.data.decode.decode_crop`, so a
+:class:`CroppedImageFiles` decodes each file with :func:`~maskrank.data.images.decode.decode_crop`, so a
 training crop is a random box of the *original* image (not of a pre-resized square), and an
-evaluation crop is the centre crop of :class:`~maskrank.data.crops.CropSpec`. Batches are
+evaluation crop is the centre crop of :class:`~maskrank.data.images.crops.CropSpec`. Batches are
 ``(images uint8 (B, C, S, S), labels int64 (B,))`` like every other maskrank dataset.
 
 Determinism: sample ``i`` of epoch ``e`` is cropped with ``crop_rng(seed, e, i)``, whichever worker
@@ -11,7 +11,7 @@ a shared-memory tensor that :class:`~maskrank.data.order.ResumableDataLoader` se
 sampler before each epoch's workers get their first indices.
 
 Unreadable files: with ``skip_bad=False`` the first one stops the run with a
-:class:`~maskrank.data.image_files.CorruptImageError` naming it; with ``skip_bad=True`` it is left
+:class:`~maskrank.data.images.files.CorruptImageError` naming it; with ``skip_bad=True`` it is left
 out of its batch (a warning names it) and counted in :attr:`CroppedImageFiles.skipped`, which each
 worker increments in its own slot of a shared tensor.
 """
@@ -25,9 +25,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from maskrank.data.crops import CropSpec, crop_rng
-from maskrank.data.decode import decode_crop
-from maskrank.data.image_files import CorruptImageError
+from maskrank.data.images.crops import CropSpec, crop_rng
+from maskrank.data.images.decode import decode_crop
+from maskrank.data.images.files import CorruptImageError
 
 __all__ = ["CroppedImageFiles"]
 
@@ -78,10 +78,12 @@ class CroppedImageFiles(Dataset[tuple[Tensor, int]]):
         """Unreadable files left out so far, over all processes."""
         return int(self._skipped.sum())
 
-    def crop(self, index: int) -> Tensor:
-        """Sample ``index`` of the current epoch as a ``(C, S, S)`` uint8 crop."""
+    def crop(self, index: int, epoch: int | None = None) -> Tensor:
+        """Sample ``index`` as a ``(C, S, S)`` uint8 crop of epoch ``epoch`` (None: the current
+        one): the same crop in any process."""
         path = self.samples[index][0]
-        rng = crop_rng(self.seed, self.epoch, index) if self.spec.train else None
+        epoch = self.epoch if epoch is None else int(epoch)
+        rng = crop_rng(self.seed, epoch, index) if self.spec.train else None
         return decode_crop(path, self.spec, rng, self.in_chans)[0]
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
@@ -113,6 +115,11 @@ class CroppedImageFiles(Dataset[tuple[Tensor, int]]):
                 f"{self.samples[int(indices[0])][0]}; check the image folder"
             )
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+    def with_spec(self, spec: CropSpec, seed: int | None = None) -> CroppedImageFiles:
+        """The same files with another crop (and seed; None keeps this one's)."""
+        seed = self.seed if seed is None else seed
+        return CroppedImageFiles(self.samples, spec, self.in_chans, seed, self.skip_bad)
 
     def subset(self, indices: Tensor) -> CroppedImageFiles:
         """The files at ``indices``, in that order, with the same crop settings."""

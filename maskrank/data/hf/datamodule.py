@@ -19,15 +19,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from maskrank.data.base import InMemoryImageDataModule, Split
-from maskrank.data.encoded import centre_crop
 from maskrank.data.heads import check_model_classes
-from maskrank.data.hf_source import (
+from maskrank.data.hf.source import (
     class_names,
     encoded_image,
     find_columns,
     load_splits,
     undecoded,
 )
+from maskrank.data.images.encoded import centre_crop
 from maskrank.data.messages import require
 from maskrank.data.pairs import PairDataset, TensorPairs, keep_batch
 
@@ -137,6 +137,9 @@ class HFDataModule(InMemoryImageDataModule):
         in_memory: decode every image once into memory; False decodes per batch in workers.
     """
 
+    # held-out rows: shorter side resized to image_size (bicubic), centre crop (images.encoded)
+    eval_interpolation = "bicubic"
+
     def __init__(
         self,
         path: str,
@@ -173,7 +176,7 @@ class HFDataModule(InMemoryImageDataModule):
             mean = _IMAGENET_MEAN if in_chans == 3 else (0.5,)
         if std is None:
             std = _IMAGENET_STD if in_chans == 3 else (0.5,)
-        self._set_geometry(len(self.classes), in_chans, image_size, mean, std)
+        self._set_geometry(len(self.classes), in_chans, image_size, mean, std, self.classes)
 
     def setup(self, stage: str | None = None) -> None:
         """Check the model's head against the classes, then load the splits."""

@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
 from litdata.streaming.sampler import ChunkedIndex
+from litdata.utilities.env import _DistributedEnv
 from torch import Tensor
 
-from maskrank.data.encoded import centre_crop, sample_seed, train_crop
-from maskrank.data.image_files import CorruptImageError
+from maskrank.data.images.encoded import centre_crop, sample_seed, train_crop
+from maskrank.data.images.files import CorruptImageError
 from maskrank.data.messages import one_line
 
 __all__ = ["ImageStream", "PositionedStreamingLoader", "stack_pairs"]
@@ -72,6 +73,13 @@ class ImageStream(StreamingDataset):
             seed=seed,
             max_cache_size=max_cache_size,
         )
+        # litdata counts nodes (from the GPU count) and, from the second epoch on, deals each
+        # node's chunks out among that node's ranks only: a chunk that straddled two nodes in the
+        # first epoch is then read whole by both (its images twice per epoch) and the nodes get
+        # unequal batch counts. Its one-node dealing splits every epoch over all ranks exactly;
+        # the cost is that a node's later epochs may read other chunks than its cached ones.
+        env = self.distributed_env
+        self.distributed_env = _DistributedEnv(env.world_size, env.global_rank, num_nodes=1)
         self.where = input_dir
         self.train = train
         self.image_size = image_size
@@ -97,18 +105,41 @@ class ImageStream(StreamingDataset):
             return "an unknown shard"
         return self._shard_names[bisect.bisect_right(self._shard_starts, index) - 1]
 
-    def __getitem__(self, index: ChunkedIndex | int) -> Pair:  # type: ignore[override]
-        """Read, decode and crop one sample."""
+    def _where(self, position: int) -> str:
+        return f"{self.where}: sample {position} in shard {self._shard_of(position)}"
+
+    def encoded(self, index: ChunkedIndex | int) -> tuple[bytes, int, int]:
+        """One stored sample, undecoded: ``(encoded image, label, index in the source split)``."""
         position = index.index if isinstance(index, ChunkedIndex) else int(index)
         try:
             sample = super().__getitem__(index)
-            data, label, source_index = sample["image"], int(sample["label"]), sample["index"]
+            return sample["image"], int(sample["label"]), int(sample["index"])
         except (OSError, ValueError, RuntimeError, KeyError, TypeError, struct.error) as exc:
-            where = f"{self.where}: sample {position} in shard {self._shard_of(position)}"
-            raise CorruptImageError(f"{where} cannot be read ({one_line(exc)})") from None
-        where = f"{self.where}: sample {position} in shard {self._shard_of(position)}"
+            raise CorruptImageError(
+                f"{self._where(position)} cannot be read ({one_line(exc)})"
+            ) from None
+
+    def train_view(self, index: int, seed: int, epoch: int) -> Tensor:
+        """The training crop of sample ``index`` in epoch ``epoch`` of a run seeded ``seed``:
+        ``(C, S, S)`` uint8, the crop the loader workers take (:func:`train_crop`)."""
+        data, _, source_index = self.encoded(index)
+        return train_crop(
+            data,
+            sample_seed(seed, epoch, source_index),
+            self.image_size,
+            self.crop_scale,
+            self.hflip,
+            self.in_chans,
+            self._where(index),
+        )
+
+    def __getitem__(self, index: ChunkedIndex | int) -> Pair:  # type: ignore[override]
+        """Read, decode and crop one sample."""
+        position = index.index if isinstance(index, ChunkedIndex) else int(index)
+        data, label, source_index = self.encoded(index)
+        where = self._where(position)
         if self.train and self.augment:
-            seed = sample_seed(self.seed, self.current_epoch, int(source_index))
+            seed = sample_seed(self.seed, self.current_epoch, source_index)
             image = train_crop(
                 data, seed, self.image_size, self.crop_scale, self.hflip, self.in_chans, where
             )

@@ -1,4 +1,4 @@
-"""``maskrank data optimize``: convert an image dataset into litdata chunks for streaming.
+"""Convert an image dataset into litdata chunks for streaming (`maskrank data optimize`).
 
 ::
 
@@ -8,7 +8,7 @@
 ``--src`` is an ImageFolder (``<src>/train/<class>/<image>``, ``<src>/val`` or ``<src>/test``) or a
 Hugging Face dataset folder (written by ``save_to_disk``, or any folder ``load_dataset`` reads,
 with a held-out split named validation, val or test). The output is the layout of
-:mod:`maskrank.data.optimized`: one sample per image holding the original encoded bytes, its label
+:mod:`maskrank.data.stream.layout`: one sample per image holding the original encoded bytes, its label
 and its index in the sorted source split, written by ``litdata.optimize`` over ``--workers``
 processes with a progress bar. An interrupted conversion resumes when run again with the same
 ``--src`` and ``--out`` (finished splits are kept, litdata resumes the unfinished one from its
@@ -17,30 +17,29 @@ checkpoints); ``--overwrite`` starts over.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import litdata
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from maskrank.data.hf_source import (
+from maskrank.data.hf.source import (
     class_names,
     encoded_image,
     find_columns,
     load_splits,
     undecoded,
 )
-from maskrank.data.optimized import META_NAME, SPLITS, DatasetMeta, is_url
+from maskrank.data.stream.layout import META_NAME, SPLITS, DatasetMeta, is_url
 from maskrank.errors import ConfigError, DatasetNotFoundError
 from maskrank.io.atomic import atomic_write_text
 
-__all__ = ["data_command", "optimize_dataset"]
+__all__ = ["optimize_dataset"]
 
 # Forked workers start in well under a second; spawned ones re-import torch first (tens of
 # seconds on a loaded 2-core machine). The sample functions only read files, so fork is safe.
@@ -178,35 +177,3 @@ def optimize_dataset(
     atomic_write_text(os.path.join(out, META_NAME), meta.to_json())
     os.remove(os.path.join(out, _MARKER))
     return meta
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="maskrank data", description="Dataset tools for streaming (litdata)."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    optimize = commands.add_parser(
-        "optimize",
-        help="convert an ImageFolder or Hugging Face dataset folder into litdata chunks",
-        description="Convert an ImageFolder or a Hugging Face dataset folder into litdata "
-        "chunks for StreamingDataModule. A non-empty --out is refused unless --overwrite; an "
-        "interrupted conversion continues when run again with the same --src and --out.",
-    )
-    optimize.add_argument("--src", required=True, help="ImageFolder or Hugging Face dataset folder")
-    optimize.add_argument("--out", required=True, help="output folder (must be empty)")
-    optimize.add_argument("--workers", type=int, default=1, help="parallel worker processes")
-    optimize.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    optimize.add_argument("--chunk-bytes", default="64MB", help="chunk size (default: 64MB)")
-    return parser
-
-
-def data_command(argv: Sequence[str]) -> None:
-    """``maskrank data optimize --src SRC --out OUT [--workers N] [--overwrite]``.
-
-    ``argv`` starts after ``data``. User mistakes raise :class:`~maskrank.errors.MaskRankError`;
-    argument errors exit with status 2 (argparse).
-    """
-    args = _parser().parse_args(list(argv))
-    meta = optimize_dataset(args.src, args.out, args.workers, args.overwrite, args.chunk_bytes)
-    counts = ", ".join(f"{split} {n}" for split, n in meta.splits.items())
-    print(f"maskrank: wrote {args.out}: {len(meta.classes)} classes, {counts} images")

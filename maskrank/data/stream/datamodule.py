@@ -21,12 +21,13 @@ import torch
 from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
-from maskrank.data.augment import to_float
+from maskrank.data.contract import Split
 from maskrank.data.heads import check_model_classes
+from maskrank.data.images.augment import to_float
 from maskrank.data.messages import require
-from maskrank.data.optimized import join, read_meta
 from maskrank.data.order import resume_position, shuffle_seed
-from maskrank.data.stream_dataset import ImageStream, PositionedStreamingLoader, stack_pairs
+from maskrank.data.stream.dataset import ImageStream, PositionedStreamingLoader, stack_pairs
+from maskrank.data.stream.layout import join, read_meta
 from maskrank.errors import ConfigError
 
 __all__ = ["StreamingDataModule"]
@@ -34,6 +35,7 @@ __all__ = ["StreamingDataModule"]
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _PROBE_SEED_OFFSET = 7919  # as InMemoryImageDataModule: the probe subset has its own seed
+_FOLDER: dict[Split, str] = {"train": "train", "heldout": "val"}
 
 
 class StreamingDataModule(pl.LightningDataModule):
@@ -68,6 +70,9 @@ class StreamingDataModule(pl.LightningDataModule):
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # held-out images: shorter side resized to image_size (bicubic), centre crop (images.encoded)
+    eval_interpolation = "bicubic"
+    eval_crop_pct = 1.0
 
     def __init__(
         self,
@@ -112,7 +117,7 @@ class StreamingDataModule(pl.LightningDataModule):
         self.augment, self.crop_scale, self.hflip = augment, crop_scale, hflip
         self.seed, self.cache_dir, self.max_cache_size = seed, cache_dir, max_cache_size
         self._streams: dict[str, ImageStream] = {}
-        self._probe: ImageStream | None = None  # random access to the held-out split
+        self._probes: dict[Split, ImageStream] = {}  # random access, for probe_batch
         self._resume: dict[str, int] | None = None  # set by load_state_dict, used once
 
     # ----------------------------------------------------------------------------- splits
@@ -122,10 +127,12 @@ class StreamingDataModule(pl.LightningDataModule):
             self._streams[split] = self._new_stream(split)
         return self._streams[split]
 
-    def _new_stream(self, split: str) -> ImageStream:
+    def _new_stream(self, split: str, train: bool | None = None) -> ImageStream:
+        """A dataset over ``split``'s folder: shuffled training crops when ``train`` (default: for
+        the ``train`` folder), else centre crops in the stored order."""
         return ImageStream(
             join(self.root, split),
-            train=split == "train",
+            train=split == "train" if train is None else train,
             image_size=self.image_size,
             in_chans=self.in_chans,
             augment=self.augment,
@@ -198,32 +205,61 @@ class StreamingDataModule(pl.LightningDataModule):
             self._resume = {k: int(v) for k, v in position.items()}
 
     # ----------------------------------------------------------------------------- device side
-    def preprocess(self, images_uint8: Tensor, train: bool) -> Tensor:
-        """Normalize ``(B, C, S, S)`` uint8 images to float32; crops were taken in the workers."""
+    def normalize(self, images_uint8: Tensor) -> Tensor:
+        """``(B, C, S, S)`` uint8 -> normalized float32; crops were taken in the workers."""
         return to_float(images_uint8, self.mean, self.std)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Lightning hook (on the device): uint8 batch -> normalized float32."""
         images, labels = batch
-        return self.preprocess(images, train=False), labels
+        return self.normalize(images), labels
 
     # ----------------------------------------------------------------------------- probes
-    def probe_batch(self, n: int) -> tuple[Tensor, Tensor]:
-        """A fixed, seeded subset of ``n`` held-out images (uint8, centre crops) and labels.
+    def _probe_stream(self, split: Split) -> ImageStream:
+        """Random access to ``split`` in its stored order, centre-cropped (never augmented).
 
-        Read by random access, so every rank reads the same images. ``n`` larger than the split
-        is clamped to its size.
+        Its own dataset, not the loader's. ``iter()`` sets it up to fetch whole chunks into the
+        cache: litdata's default for random access reads byte ranges on demand, which fails for
+        a ``local:`` URL.
         """
+        if split not in self._probes:
+            stream = self._new_stream(_FOLDER[split], train=False)
+            iter(stream)
+            self._probes[split] = stream
+        return self._probes[split]
+
+    def _probe_indices(self, split: Split, n: int) -> list[int]:
+        """The first ``n`` of a permutation of the split seeded by ``seed`` (as every maskrank
+        datamodule: a smaller ``n`` is a prefix of a larger one)."""
         if n < 1:
             raise ValueError(f"probe_batch: n must be >= 1, got {n}")
-        if self._probe is None:
-            # Its own dataset, not the loader's. ``iter()`` sets it up to fetch whole chunks into
-            # the cache: litdata's default for random access reads byte ranges on demand, which
-            # fails for a ``local:`` URL.
-            self._probe = self._new_stream("val")
-            iter(self._probe)
-        stream = self._probe
         generator = torch.Generator().manual_seed(self.seed + _PROBE_SEED_OFFSET)
-        indices = torch.randperm(self.meta.splits["val"], generator=generator)[:n]  # (n,)
-        pairs = [stream[int(i)] for i in indices]
-        return stack_pairs(pairs)
+        size = self.meta.splits[_FOLDER[split]]
+        return torch.randperm(size, generator=generator)[:n].tolist()
+
+    def probe_batch(self, n: int, split: Split = "heldout") -> tuple[Tensor, Tensor]:
+        """A fixed, seeded subset of ``n`` images of ``split`` (uint8 centre crops) and labels.
+
+        Read by random access, so every rank reads the same images, every epoch. ``n`` larger
+        than the split is clamped to its size.
+        """
+        stream = self._probe_stream(split)
+        return stack_pairs([stream[i] for i in self._probe_indices(split, n)])
+
+    def augmented_views(
+        self, n: int, views: int, seed: int, device: torch.device | None = None
+    ) -> Tensor:
+        """View ``v`` of a probe training image is the crop of its original encoded image that
+        the loader workers would take in epoch ``v`` of a run seeded with ``seed``.
+
+        Returns:
+            ``(n, views, C, S, S)`` normalized float32 on ``device``.
+        """
+        stream = self._probe_stream("train")
+        crops = torch.stack(
+            [
+                torch.stack([stream.train_view(i, int(seed), v) for v in range(views)])
+                for i in self._probe_indices("train", n)
+            ]
+        )  # (n, views, C, S, S) uint8
+        return self.normalize(crops.flatten(0, 1).to(device)).unflatten(0, crops.shape[:2])

@@ -11,7 +11,7 @@ in any process, after any restart:
   side, i.e. "resize the shorter side to ``size / crop_pct``, then centre-crop ``size``";
 * :func:`draw_crop`: one of the two, plus the horizontal flip, as :class:`CropSpec` says.
 
-A box is resampled to the output size by :mod:`maskrank.data.decode`.
+A box is resampled to the output size by :mod:`maskrank.data.images.decode`.
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ The streaming datamodule stores every image as its original encoded file (PNG, J
 decodes it per sample:
 
 * :func:`train_crop` takes a training crop from the original image with the file-backed path's
-  decoder (:func:`maskrank.data.decode.decode_crop`), every random number drawn from a seed, so
+  decoder (:func:`maskrank.data.images.decode.decode_crop`), every random number drawn from a seed, so
   the same ``(seed, epoch, index)`` gives the same crop in any process, before and after a resume;
 * :func:`centre_crop` resizes the shorter side and crops the centre square (held-out images);
 * :func:`sample_seed` mixes ``(seed, epoch, index)`` into one 63-bit seed.
 
-A sample that cannot be decoded raises :class:`~maskrank.data.image_files.CorruptImageError` with the
+A sample that cannot be decoded raises :class:`~maskrank.data.images.files.CorruptImageError` with the
 caller's description of where the sample lives.
 """
 
@@ -20,9 +20,9 @@ import random
 import numpy as np
 from torch import Tensor
 
-from maskrank.data.crops import CropSpec
-from maskrank.data.decode import decode_crop
-from maskrank.data.image_files import CorruptImageError
+from maskrank.data.images.crops import CropSpec
+from maskrank.data.images.decode import decode_crop
+from maskrank.data.images.files import CorruptImageError
 from maskrank.data.messages import one_line
 
 __all__ = ["centre_crop", "sample_seed", "train_crop"]
@@ -45,7 +45,7 @@ def train_crop(
 ) -> Tensor:
     """A random resized crop of the original image, ``(in_chans, image_size, image_size)`` uint8.
 
-    The file-backed path's crop (:func:`maskrank.data.decode.decode_crop`: random resized box,
+    The file-backed path's crop (:func:`maskrank.data.images.decode.decode_crop`: random resized box,
     ratio (3/4, 4/3), bicubic, a flip with probability 0.5 with ``hflip``, decoding only what the
     box needs), its random numbers drawn from ``random.Random(seed)``.
     """

@@ -1,8 +1,8 @@
 """Decode one encoded image straight to a square uint8 crop, decoding no more than the crop needs.
 
 :func:`decode_crop` is a pure function of (encoded bytes or a file path, a
-:class:`~maskrank.data.crops.CropSpec`, a ``random.Random`` generator): it reads the image's size from its
-header, draws the crop box there (:func:`~maskrank.data.crops.draw_crop`), decodes, and resamples
+:class:`~maskrank.data.images.crops.CropSpec`, a ``random.Random`` generator): it reads the image's size from its
+header, draws the crop box there (:func:`~maskrank.data.images.crops.draw_crop`), decodes, and resamples
 the box to ``size x size``. :func:`decode_box` does the same for a given box. Both return
 ``(C, size, size)`` uint8 tensors. Any source of encoded images (files, shards, byte streams) can
 call them inside DataLoader workers.
@@ -19,7 +19,7 @@ Decoding:
 * The box is resampled with torch's antialiased bicubic interpolation on uint8, which matches PIL's
   bicubic ``resize`` to a few levels at a third of its cost.
 
-A file that cannot be decoded raises :class:`~maskrank.data.image_files.CorruptImageError` naming
+A file that cannot be decoded raises :class:`~maskrank.data.images.files.CorruptImageError` naming
 it; the random draw happens before decoding, so a generator advances the same way on every path.
 """
 
@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from maskrank.data.crops import CropBox, CropSpec, draw_crop
-from maskrank.data.image_files import CorruptImageError
+from maskrank.data.images.crops import CropBox, CropSpec, draw_crop
+from maskrank.data.images.files import CorruptImageError
 from maskrank.data.messages import one_line
 
 try:  # optional: PIL decodes everything when it is missing
@@ -161,7 +161,7 @@ def decode_crop(
     Args:
         source: encoded image bytes, or the path of an image file.
         spec: the crop (random resized + flip for training, centre crop otherwise).
-        rng: draws the training crop (see :func:`~maskrank.data.crops.crop_rng`); unused for
+        rng: draws the training crop (see :func:`~maskrank.data.images.crops.crop_rng`); unused for
             evaluation crops.
         in_chans: 3 decodes to RGB, 1 to grey.
         reduce: allow reduced-size (DCT-scaled) decoding of boxes >= 2x the output size.
