@@ -81,6 +81,40 @@ class MaskingSpec:
                 "masking",
             )
 
+    def check_patches(self, num_patches: int) -> None:
+        """Refuse a setting that leaves the reconstruction loss empty for ``num_patches`` patches.
+
+        Every ratio the run uses (the fixed or starting ratio, the ends of the range and of the
+        schedule, the evaluation ratio) must mask at least one patch after rounding
+        (:func:`num_kept`); masking keeps one patch visible whatever the ratio. A grid needs one
+        fixed square ratio (``1 / (1 - r)`` a square): a drawn or scheduled ratio is not one.
+        """
+        used = [("mask_ratio", f"{self.ratio!r}", self.ratio)]
+        if self.range is not None:  # fewest masked patches at the low end
+            low, high = self.range
+            used.append(("mask_ratio_range", f"[{low!r}, {high!r}] (its low end)", low))
+        if self.end is not None:
+            used.append(("mask_ratio_end", f"{self.end!r}", self.end))
+        for field, shown, ratio in used:
+            kept = num_kept(num_patches, ratio)
+            if kept == num_patches:
+                raise ConfigError(
+                    f"{{field}} = {shown} masks none of the model's {num_patches} patches "
+                    f"(round({num_patches} x (1 - {ratio!r})) = {kept} stay visible), so there "
+                    f"is nothing to reconstruct; expected a ratio above {0.5 / num_patches:.4g}",
+                    field,
+                )
+        if self.strategy == "grid":
+            varying = "mask_ratio_range" if self.range is not None else "mask_ratio_end"
+            if self.varies:
+                raise ConfigError(
+                    "{field} is set but masking is grid, which needs one fixed ratio with "
+                    "1 / (1 - mask_ratio) a square (0.75, 0.8889, 0.9375); unset it or use "
+                    "masking: random or block",
+                    varying,
+                )
+            grid_stride(self.ratio)
+
     @property
     def varies(self) -> bool:
         """True if the training ratio changes from batch to batch (drawn or scheduled)."""
@@ -168,6 +202,18 @@ def block_masking(
     return masking_from_scores(-(mask_score + noise), length - n_mask)
 
 
+def grid_stride(mask_ratio: float) -> int:
+    """The cell side ``s = sqrt(1 / (1 - r))`` of grid masking; a ConfigError unless an integer."""
+    stride = math.sqrt(1.0 / (1.0 - mask_ratio))
+    if abs(stride - round(stride)) > 1e-3:
+        raise ConfigError(
+            "grid masking needs 1 / (1 - mask_ratio) to be a square (0.75, 0.8889, 0.9375); "
+            f"got {{field}} = {mask_ratio}",
+            "mask_ratio",
+        )
+    return int(round(stride))
+
+
 def grid_masking(
     batch: int,
     grid: tuple[int, int],
@@ -180,14 +226,7 @@ def grid_masking(
     The ratio must make ``s`` an integer (0.75 -> 2, 0.8889 -> 3); patches on the lattice are kept
     first, so when the grid does not divide evenly the kept count is still exactly ``K``.
     """
-    stride = math.sqrt(1.0 / (1.0 - mask_ratio))
-    if abs(stride - round(stride)) > 1e-3:
-        raise ConfigError(
-            "grid masking needs 1 / (1 - mask_ratio) to be a square (0.75, 0.8889, 0.9375); "
-            f"got {{field}} = {mask_ratio}",
-            "mask_ratio",
-        )
-    s = int(round(stride))
+    s = grid_stride(mask_ratio)
     gh, gw = grid
     off = torch.randint(0, s, (batch, 2), device=device, generator=generator)  # (B, 2)
     rows = torch.arange(gh, device=device).view(1, gh, 1)

@@ -3,11 +3,13 @@
 * :mod:`maskrank.optim.adamw`: AdamW with weight-decay and layer-decay parameter groups;
 * :mod:`maskrank.optim.galore`: GaLore AdamW (SCIENCE.md §8), tensor-only state;
 * :mod:`maskrank.optim.spec`: ``model.init_args.optimizer`` and building the optimizer it names;
+* :mod:`maskrank.optim.plan`: the per-parameter decisions, made by name on the unwrapped model;
 * :mod:`maskrank.optim.schedule`: linear warmup then cosine decay.
 """
 
 from maskrank.optim.adamw import adamw, param_groups
 from maskrank.optim.galore import GaLoreAdamW, state_bytes_formula
+from maskrank.optim.plan import OptimizerPlan, ParamPlan, plan_parameters
 from maskrank.optim.schedule import warmup_cosine, warmup_cosine_schedule
 from maskrank.optim.spec import (
     OPTIMIZERS,
@@ -15,17 +17,22 @@ from maskrank.optim.spec import (
     as_optimizer_spec,
     build_optimizer,
     galore_targets,
+    plan_optimizer,
 )
 
 __all__ = [
     "OPTIMIZERS",
     "GaLoreAdamW",
+    "OptimizerPlan",
     "OptimizerSpec",
+    "ParamPlan",
     "adamw",
     "as_optimizer_spec",
     "build_optimizer",
     "galore_targets",
     "param_groups",
+    "plan_optimizer",
+    "plan_parameters",
     "state_bytes_formula",
     "warmup_cosine",
     "warmup_cosine_schedule",

@@ -1,16 +1,18 @@
 """AdamW with weight-decay and layer-decay parameter groups (pure functions, no Lightning state).
 
 Weight decay applies to tensors with two or more dimensions only (matmul weights, patch-embedding
-kernels, position embeddings); biases and normalization scales are not decayed.
+kernels, position embeddings); biases and normalization scales are not decayed. The decisions are
+made by parameter name on the unwrapped model (:mod:`maskrank.optim.plan`), so a sharded copy of
+the model gets the same groups.
 """
 
 from __future__ import annotations
 
 import torch
-from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
 from maskrank.errors import ConfigError, check_interval
+from maskrank.optim.plan import OptimizerPlan, plan_parameters, planned_parameters
 
 
 def adamw(
@@ -44,24 +46,40 @@ def default_fused(groups: list[dict]) -> bool:
 
 
 def param_groups(
-    module: nn.Module, lr: float, weight_decay: float, layer_decay: float = 1.0
+    module: nn.Module,
+    lr: float,
+    weight_decay: float,
+    layer_decay: float = 1.0,
+    plan: OptimizerPlan | None = None,
 ) -> list[dict]:
     """The parameter groups of :func:`adamw`: (layer-wise lr,) decay or no decay; non-empty only.
 
-    Each group carries its own ``lr`` and ``weight_decay``.
+    Each group carries its own ``lr`` and ``weight_decay``. The layout is timm's: without layer
+    decay a no-decay group then a decay group (everything in the no-decay group when
+    ``weight_decay`` is 0); with it one group per (layer, decay) in the order the layers first
+    appear, ``lr`` scaled by the layer's factor. ``plan`` holds the decisions made on the
+    unwrapped model (:func:`maskrank.optim.plan.plan_parameters` with the same ``layer_decay``);
+    without it they are made now from ``module``, which must then be unwrapped.
     """
     check_interval(lr, "lr", 0.0, low_open=True)
     check_interval(weight_decay, "weight_decay", 0.0)
-    # timm's helpers put ndim <= 1 tensors (and *.bias) in a no-decay group and skip frozen ones.
-    if layer_decay < 1.0:
-        groups = param_groups_layer_decay(module, weight_decay, layer_decay=layer_decay)
-        for g in groups:  # LambdaLR scales each group's initial lr, so the ratios persist
-            g["lr"] = lr * g.pop("lr_scale", 1.0)
-    else:
-        groups = param_groups_weight_decay(module, weight_decay, no_weight_decay_list=())
-    groups = [g for g in groups if g["params"]]
-    if not groups:
+    if plan is None:
+        plan = plan_parameters(module, layer_decay)
+    elif plan.layer_decay != layer_decay:
+        raise ValueError(f"plan made with layer_decay={plan.layer_decay}, not {layer_decay}")
+    live = planned_parameters(module, plan)
+    if not live:
         raise ConfigError("the model has no trainable parameters")
-    for g in groups:
-        g.setdefault("lr", lr)
-    return groups
+    groups: dict[tuple[float, bool], dict] = {}
+    if layer_decay >= 1.0:  # no decay first, as timm orders them
+        groups[1.0, False] = {"params": [], "lr": lr, "weight_decay": 0.0}
+        groups[1.0, True] = {"params": [], "lr": lr, "weight_decay": weight_decay}
+    for _, p, entry in live:
+        # timm's layer-decay groups keep "decay" apart even when weight_decay is 0
+        decay = entry.decay and (weight_decay > 0 or layer_decay < 1.0)
+        key = (entry.lr_scale, decay)
+        if key not in groups:
+            wd = weight_decay if decay else 0.0
+            groups[key] = {"params": [], "lr": lr * entry.lr_scale, "weight_decay": wd}
+        groups[key]["params"].append(p)
+    return [g for g in groups.values() if g["params"]]

@@ -4,6 +4,8 @@
 :func:`maskrank.optim.adamw.param_groups`; ``galore_adamw`` (SCIENCE.md §8) is
 :class:`maskrank.optim.galore.GaLoreAdamW` over the same groups, each split into its GaLore targets
 (trainable 2-D weights whose module name ends with one of ``targets``) and the rest (plain AdamW).
+Every per-parameter decision is made by name on the unwrapped model (:func:`plan_optimizer`), so
+a sharding strategy cannot change it; GaLore on sharded targets is refused.
 """
 
 from __future__ import annotations
@@ -12,15 +14,24 @@ from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from maskrank.errors import ConfigError
 from maskrank.optim.adamw import default_fused, param_groups
 from maskrank.optim.galore import PROJ_TYPES, GaLoreAdamW, ProjType
+from maskrank.optim.plan import OptimizerPlan, plan_parameters, planned_parameters
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "galore_adamw")
 DEFAULT_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
 
-__all__ = ["OPTIMIZERS", "OptimizerSpec", "as_optimizer_spec", "build_optimizer", "galore_targets"]
+__all__ = [
+    "OPTIMIZERS",
+    "OptimizerSpec",
+    "as_optimizer_spec",
+    "build_optimizer",
+    "galore_targets",
+    "plan_optimizer",
+]
 
 
 @dataclass
@@ -115,6 +126,20 @@ def galore_targets(module: nn.Module, spec: OptimizerSpec) -> dict[str, nn.Param
         if p.requires_grad and p.ndim == 2 and _matches(name, spec.targets)
     }
     if not found:
+        # the weights a target names whether or not they train (a LoRA adapter wraps the layer
+        # it adapts: blocks.0.attn.qkv.base_layer.weight is still qkv's weight)
+        frozen = [
+            name
+            for name, p in module.named_parameters()
+            if p.ndim == 2 and _matches(name.replace(".base_layer.", "."), spec.targets)
+        ]
+        if frozen:  # e.g. the encoder that adaptation linear_probe or lora freezes
+            raise ConfigError(
+                f"{{field}} = {spec.targets} match only frozen weights ({frozen[0]} and "
+                f"{len(frozen) - 1} more): GaLore would train nothing; name trainable 2-D "
+                "weights (the adapters' or the head's) or use optimizer.name: adamw",
+                "optimizer.targets",
+            )
         raise ConfigError(
             f"{{field}} = {spec.targets} match no trainable 2-D weight of the model "
             "(expected module-name suffixes such as qkv, proj, fc1, fc2)",
@@ -130,6 +155,18 @@ def galore_targets(module: nn.Module, spec: OptimizerSpec) -> dict[str, nn.Param
     return found
 
 
+def plan_optimizer(
+    module: nn.Module, spec: OptimizerSpec, layer_decay: float = 1.0
+) -> OptimizerPlan:
+    """The decisions of :func:`build_optimizer` for the unwrapped ``module``, made by name.
+
+    Record it before any strategy wraps or shards ``module`` (a task's ``__init__``) and pass it
+    to :func:`build_optimizer`; for ``galore_adamw`` it checks ``targets`` and ``rank`` here.
+    """
+    targets = galore_targets(module, spec) if spec.name == "galore_adamw" else {}
+    return plan_parameters(module, layer_decay, galore=set(targets))
+
+
 def build_optimizer(
     module: nn.Module,
     spec: OptimizerSpec,
@@ -138,18 +175,41 @@ def build_optimizer(
     betas: tuple[float, float],
     fused: bool | None = None,
     layer_decay: float = 1.0,
+    plan: OptimizerPlan | None = None,
+    strategy: str | None = None,
 ) -> torch.optim.Optimizer:
     """The optimizer ``spec`` names over ``module``'s trainable parameters.
 
     Both share the weight-decay and layer-decay groups (see :func:`maskrank.optim.adamw.adamw`);
     for ``galore_adamw`` every group is split into a GaLore part (its targets) and a plain part.
+    ``plan`` (:func:`plan_optimizer` of the unwrapped model) makes every decision when ``module``
+    is wrapped or sharded; without it they are made now from ``module``. ``strategy`` names the
+    training strategy in the error that refuses GaLore on sharded targets.
+
+    Raises:
+        ConfigError: ``galore_adamw`` with a target that is sharded (a DTensor or a flat shard):
+            GaLore takes the SVD of each target's whole gradient matrix.
     """
-    groups = param_groups(module, lr, weight_decay, layer_decay)
+    if plan is None:
+        plan = plan_optimizer(module, spec, layer_decay)
+    groups = param_groups(module, lr, weight_decay, layer_decay, plan)
     if fused is None:
         fused = default_fused(groups)
     if spec.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
-    targets = {id(p) for p in galore_targets(module, spec).values()}
+    targets = set()
+    for name, p, entry in planned_parameters(module, plan):
+        if not entry.galore:
+            continue
+        if isinstance(p, DTensor) or tuple(p.shape) != entry.shape:
+            raise ConfigError(
+                f"{{field}} = galore_adamw needs each target's whole matrix (the SVD of its "
+                f"gradient), but {name} {entry.shape} is sharded ({type(p).__name__} of local "
+                f"shape {tuple(_local(p).shape)}) under {strategy or 'a sharding wrapper'}; "
+                "expected adamw with this strategy, or galore_adamw with DDP or on one device",
+                "optimizer.name",
+            )
+        targets.add(id(p))
     galore = dict(
         rank=spec.rank,
         update_proj_gap=spec.update_proj_gap,
@@ -165,3 +225,8 @@ def build_optimizer(
         if inside:
             split.append({**group, "params": inside, **galore})
     return GaLoreAdamW(split, lr=lr, betas=betas, fused=bool(fused))
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    """The shard this process holds (a DTensor's local tensor; any other tensor itself)."""
+    return p.to_local() if isinstance(p, DTensor) else p

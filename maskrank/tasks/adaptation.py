@@ -17,12 +17,13 @@ from typing import Literal, get_args
 import torch
 from torch import nn
 
-from maskrank.errors import ConfigError, check_interval
+from maskrank.errors import ConfigError, check_interval, flag_of
 from maskrank.models.lora import LoRASpec, LoRAView, apply_lora
 
 __all__ = [
     "Adaptation",
     "check_adaptation",
+    "check_dropout_acts",
     "fold_probe_head",
     "probe_head",
     "setup_adaptation",
@@ -41,6 +42,45 @@ def check_adaptation(adaptation: str, layer_decay: float) -> None:
             "adaptation",
         )
     check_interval(layer_decay, "layer_decay", 0.0, 1.0, low_open=True, high_open=False)
+
+
+def check_dropout_acts(
+    adaptation: str,
+    rates: list[float],
+    penalty_sites: list[str],
+    layers: dict[str, LoRAView],
+    lora: LoRASpec | None,
+) -> None:
+    """Refuse dropout that the adaptation would leave without effect (one line naming ``dropout``).
+
+    Args:
+        adaptation: the adaptation mode.
+        rates: the rate of every installed dropout spec.
+        penalty_sites: names of the ``mlp.fc2`` layers whose forward computes an explicit penalty.
+        layers: the LoRA layers :func:`setup_adaptation` returned, by name.
+        lora: the LoRA spec with ``adaptation: lora``, else None.
+    """
+    if adaptation == "linear_probe" and any(rate > 0 for rate in rates):
+        # every dropout site is inside the frozen encoder, which the probe keeps in eval mode
+        raise ConfigError(
+            f"{{field}} is set but {flag_of('adaptation')} is 'linear_probe', which keeps the "
+            "frozen encoder in eval mode: its dropout would never act and an explicit penalty "
+            "would have no trainable weight; drop the dropout settings or use finetune or lora",
+            "dropout",
+        )
+    if lora is None or lora.engine != "maskrank":
+        return
+    # maskrank's adapter runs one GEMM with the merged weight instead of calling the wrapped
+    # fc2, so the pre-hook that computes the penalty would never fire
+    adapted = sorted(set(penalty_sites) & set(layers))
+    if adapted:
+        raise ConfigError(
+            f"{{field}} has mode: explicit, whose penalty is computed in mlp.fc2's forward, but "
+            f"{flag_of('lora.targets')} puts maskrank adapters on {adapted[0]}"
+            f"{f' and {len(adapted) - 1} more' if len(adapted) > 1 else ''}, which would never "
+            "compute it; leave fc2 out of the LoRA targets or drop the explicit mode",
+            "dropout",
+        )
 
 
 def probe_head(head: nn.Linear) -> nn.Sequential:

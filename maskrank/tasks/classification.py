@@ -36,10 +36,15 @@ from maskrank.optim import (
     OptimizerSpec,
     as_optimizer_spec,
     build_optimizer,
-    galore_targets,
+    plan_optimizer,
     warmup_cosine_schedule,
 )
-from maskrank.tasks.adaptation import Adaptation, check_adaptation, setup_adaptation
+from maskrank.tasks.adaptation import (
+    Adaptation,
+    check_adaptation,
+    check_dropout_acts,
+    setup_adaptation,
+)
 
 
 class ImageClassifier(pl.LightningModule):
@@ -147,9 +152,13 @@ class ImageClassifier(pl.LightningModule):
         # hooked fc2 names to p
         dropout_specs, self.explicit_dropout = install_dropout(self.model, dropout)
         self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
-        setup_adaptation(self.model, adaptation, lora_spec)  # after loading: adapters wrap it
-        if optimizer_spec.name == "galore_adamw":
-            galore_targets(self.model, optimizer_spec)  # after adaptation: trainable weights only
+        layers = setup_adaptation(self.model, adaptation, lora_spec)  # after loading: wraps it
+        penalty_sites = [] if self.explicit_dropout is None else list(self.explicit_dropout.rates)
+        rates = [s.rate for s in dropout_specs]
+        check_dropout_acts(adaptation, rates, penalty_sites, layers, lora_spec)
+        # After adaptation (trainable weights only) and before a strategy wraps or shards the
+        # ViT: decided by name; a bad GaLore rank or target fails here.
+        self.optimizer_plan = plan_optimizer(self.model, optimizer_spec, layer_decay)
         if lora_spec is not None and lora_spec.init == "gradient":
             # set once the adapters are initialised from data; a resumed fit restores it (and the
             # offset base weights), so the init never runs twice
@@ -304,6 +313,8 @@ class ImageClassifier(pl.LightningModule):
             tuple(hp.betas),
             hp.fused_adamw,
             hp.layer_decay,
+            plan=self.optimizer_plan,
+            strategy=type(self.trainer.strategy).__name__,
         )
         schedule = warmup_cosine_schedule(
             optimizer, self.trainer.estimated_stepping_batches, hp.warmup_fraction, hp.min_lr_ratio

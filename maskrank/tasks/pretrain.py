@@ -33,7 +33,7 @@ from maskrank.optim import (
     OptimizerSpec,
     as_optimizer_spec,
     build_optimizer,
-    galore_targets,
+    plan_optimizer,
     warmup_cosine_schedule,
 )
 from maskrank.tasks.online_probe import (
@@ -73,7 +73,9 @@ class MAEPretraining(pl.LightningModule):
         mask_ratio: fraction of patches masked (the start value when ``mask_ratio_end`` is set).
         mask_ratio_range: if set, a ratio drawn uniformly from [low, high) for every batch.
         mask_ratio_end: if set, the ratio moves linearly from ``mask_ratio`` to this over training.
-        masking: ``random`` (MAE), ``block`` (BEiT-style rectangles) or ``grid``.
+        masking: ``random`` (MAE), ``block`` (BEiT-style rectangles) or ``grid`` (one fixed
+            ratio with ``1 / (1 - mask_ratio)`` a square). Every ratio a run uses (fixed, the
+            ends of the range or schedule) must mask at least one patch after rounding.
         norm_pix_loss: regress per-patch normalized pixels.
         fixed_pos_embed: fixed 2-D sin-cos encoder position embedding (frozen), as in MAE.
         base_lr: learning rate per 256 images; ``lr = base_lr * effective_batch / 256``.
@@ -158,6 +160,8 @@ class MAEPretraining(pl.LightningModule):
     ) -> None:
         super().__init__()
         check_interval(uniformity_weight, "uniformity_weight", 0.0)
+        if lr is None:  # then lr = base_lr x batch / 256
+            check_interval(base_lr, "base_lr", 0.0, low_open=True)
         if online_probe and (num_classes is None or num_classes < 2):
             raise ConfigError(
                 "{field} needs a datamodule with class labels (num_classes >= 2, linked from "
@@ -181,6 +185,7 @@ class MAEPretraining(pl.LightningModule):
         self.hparams["optimizer"] = asdict(optimizer_spec)
         self.hparams["vit"] = asdict(spec)
         encoder = spec.build(img_size=img_size, in_chans=in_chans, num_classes=0)
+        self.masking.check_patches(encoder.patch_embed.num_patches)  # an empty loss fails here
         self.mae = MaskedAutoencoder(
             encoder,
             decoder_dim,
@@ -194,8 +199,9 @@ class MAEPretraining(pl.LightningModule):
         # `mode: explicit` spec, else its `.rates` map the hooked fc2 names to p
         dropout_specs, self.explicit_dropout = install_dropout(self.mae, dropout)
         self.hparams["dropout"] = [asdict(s) for s in dropout_specs]
-        if optimizer_spec.name == "galore_adamw":
-            galore_targets(self.mae, optimizer_spec)  # a bad rank or target fails before training
+        # Decided by name now, before a strategy wraps or shards the MAE (flat 1-D shards under
+        # FSDP1 would otherwise all look like biases); a bad GaLore rank or target fails here.
+        self.optimizer_plan = plan_optimizer(self.mae, optimizer_spec)
         if compile:
             # In place, so parameter names (and checkpoints) stay those of the plain modules.
             for block in [*encoder.blocks, *self.mae.decoder_blocks]:
@@ -348,7 +354,14 @@ class MAEPretraining(pl.LightningModule):
         lr = hp.lr if hp.lr is not None else hp.base_lr * effective_batch_size(self.trainer) / 256
         spec = as_optimizer_spec(hp.get("optimizer"))
         optimizer = build_optimizer(
-            self.mae, spec, lr, hp.weight_decay, tuple(hp.betas), hp.fused_adamw
+            self.mae,
+            spec,
+            lr,
+            hp.weight_decay,
+            tuple(hp.betas),
+            hp.fused_adamw,
+            plan=self.optimizer_plan,
+            strategy=type(self.trainer.strategy).__name__,
         )
         if self.online_probe is not None:  # its own lr, no weight decay; same schedule shape
             params = list(self.online_probe.parameters())

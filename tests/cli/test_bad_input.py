@@ -116,6 +116,11 @@ def _fit(config: Path, *args: object) -> list[str]:
 FOLDER = ("--data", "maskrank.data.ImageFolderDataModule", "--data.root")
 CIFAR = ("--data", "maskrank.data.CIFAR10DataModule", "--data.root")
 ENCODER = "--model.init_args.encoder_ckpt"
+MASK_RATIO = "--model.init_args.mask_ratio"
+LORA = ("--model.init_args.adaptation", "lora")
+PROBE = ("--model.init_args.adaptation", "linear_probe")
+OPTIMIZER = "--model.init_args.optimizer"
+EXPLICIT = "{variant: feature, rate: 0.1, mode: explicit}"
 
 ROWS = {
     "unknown config key": Row(
@@ -236,6 +241,55 @@ ROWS = {
     "mask-ratio range given high-to-low": Row(
         lambda f: _fit(f.mae, "--model.init_args.mask_ratio_range", "[0.9, 0.5]"),
         lambda f: ["model.init_args.mask_ratio_range", "high-to-low"],
+    ),
+    # settings that leave nothing to learn (the tiny MAE has 16 patches)
+    "mask ratio masking no patch after rounding": Row(
+        lambda f: _fit(f.mae, MASK_RATIO, 0.03125),  # round(16 x 0.96875) = 16 visible
+        lambda f: ["model.init_args.mask_ratio = 0.03125", "none of the model's 16 patches"],
+    ),
+    "mask-ratio range starting at a ratio masking no patch": Row(
+        lambda f: _fit(f.mae, "--model.init_args.mask_ratio_range", "[0.0, 0.5]"),
+        lambda f: ["model.init_args.mask_ratio_range = [0.0, 0.5]", "masks none"],
+    ),
+    "mask-ratio schedule ending at a ratio masking no patch": Row(
+        lambda f: _fit(f.mae, "--model.init_args.mask_ratio_end", 0.0),
+        lambda f: ["model.init_args.mask_ratio_end = 0.0", "masks none"],
+    ),
+    "grid masking with a drawn or scheduled ratio": Row(
+        lambda f: _fit(f.mae, "--model.init_args.masking", "grid"),  # the tiny MAE draws a ratio
+        lambda f: ["model.init_args.mask_ratio_range", "masking is grid", "one fixed ratio"],
+    ),
+    "base learning rate 0": Row(
+        lambda f: _fit(f.mae, "--model.init_args.base_lr", 0.0),
+        lambda f: ["model.init_args.base_lr = 0.0", "> 0"],
+    ),
+    "LoRA alpha 0 for a layer": Row(
+        lambda f: _fit(f.cls, *LORA, "--model.init_args.lora", "{alpha_pattern: {qkv: 0.0}}"),
+        lambda f: ["model.init_args.lora.alpha_pattern['qkv'] = 0.0", "> 0"],
+    ),
+    "negative LoRA rank for a layer": Row(
+        lambda f: _fit(f.cls, *LORA, "--model.init_args.lora", "{rank_pattern: {qkv: -1}}"),
+        lambda f: ["model.init_args.lora.rank_pattern['qkv'] = -1", ">= 0"],
+    ),
+    "LoRA ranks all 0": Row(
+        lambda f: _fit(f.cls, *LORA, "--model.init_args.lora", "{rank_pattern: {'.*': 0}}"),
+        lambda f: ["model.init_args.lora.rank_pattern", "every targeted layer to rank 0"],
+    ),
+    "Deep LoRA starting from zero factors": Row(
+        lambda f: _fit(f.cls, *LORA, "--model.init_args.lora", "{depth: 3, init_scale: 0.0}"),
+        lambda f: ["model.init_args.lora.init_scale = 0.0", "> 0"],
+    ),
+    "dropout in a linear probe's frozen encoder": Row(
+        lambda f: _fit(f.cls, *PROBE, "--model.init_args.dropout", "{variant: feature, rate: 0.1}"),
+        lambda f: ["model.init_args.dropout", "'linear_probe'", "never act"],
+    ),
+    "explicit dropout penalty on a LoRA-adapted fc2": Row(
+        lambda f: _fit(f.cls, *LORA, "--model.init_args.dropout", EXPLICIT),
+        lambda f: ["model.init_args.dropout", "model.init_args.lora.targets", "blocks.0.mlp.fc2"],
+    ),
+    "GaLore targets that the adaptation freezes": Row(
+        lambda f: _fit(f.cls, *PROBE, OPTIMIZER, "{name: galore_adamw, rank: 4}"),
+        lambda f: ["model.init_args.optimizer.targets", "only frozen weights", "blocks.0.attn"],
     ),
     "a directory given as the checkpoint to export": Row(
         lambda f: ["export", str(f.root), "--out", str(f.path("exported"))],

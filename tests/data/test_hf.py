@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from maskrank.cli import main
+from maskrank.cli.data import data_command
 from maskrank.data import HFDataModule, StreamingDataModule
 from maskrank.data.stream.layout import read_meta
-from maskrank.cli.data import data_command
 from maskrank.errors import ConfigError, DatasetNotFoundError
 from streaming_helpers import flat_image, identities
 

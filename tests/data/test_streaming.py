@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from maskrank.cli import main
+from maskrank.cli.data import data_command
 from maskrank.data import StreamingDataModule
 from maskrank.data.images.encoded import sample_seed, train_crop
 from maskrank.data.stream.layout import read_meta
-from maskrank.cli.data import data_command
 from maskrank.errors import ConfigError, CorruptFileError, DatasetNotFoundError
 from streaming_helpers import CLASSES, flat_image, identities, sorted_ids, write_image_folder
 

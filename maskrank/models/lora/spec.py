@@ -109,8 +109,24 @@ class LoRASpec:
             )
         if isinstance(self.rank_pattern, (str, Path)):
             self.rank_pattern = load_rank_map(self.rank_pattern)
+        self._check_patterns()
         self._check_init()
         self._check_depth()
+
+    def _check_patterns(self) -> None:
+        # a negative rank would silently mean "no adapter"; an alpha of 0 scales an adapter's
+        # update (alpha / r) B A and both its gradients to zero: it could never learn
+        for key, rank in (self.rank_pattern or {}).items():
+            if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+                raise ConfigError(
+                    f"{{field}}[{key!r}] = {rank!r} must be an integer >= 0 (0: no adapter)",
+                    "lora.rank_pattern",
+                )
+        for key, alpha in (self.alpha_pattern or {}).items():
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+                raise ConfigError(
+                    f"{{field}}[{key!r}] = {alpha!r} must be > 0", "lora.alpha_pattern"
+                )
 
     def _check_init(self) -> None:
         inits = INITS[self.engine]
