@@ -7,7 +7,7 @@ import torch
 
 from maskrank.models.vit import ViTSpec
 from testkit.sources import Sources, write_sources
-from tests_helpers import TINY_VIT
+from testkit.tiny import TINY_VIT
 
 
 @pytest.fixture

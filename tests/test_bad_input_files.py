@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from maskrank.cli import main
 from maskrank.data.base import available_cores
-from resume_helpers import write_config
-from tests_helpers import TINY_VIT
+from testkit.resume import write_config
+from testkit.tiny import TINY_VIT
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

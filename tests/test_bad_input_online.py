@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from maskrank.cli import main
-from resume_helpers import tiny_mae_model, write_config
+from testkit.resume import tiny_mae_model, write_config
 
 
 def _callback(name: str, **init_args) -> dict:

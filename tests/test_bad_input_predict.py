@@ -10,8 +10,8 @@ from PIL import Image
 
 from maskrank.cli import main
 from maskrank.tasks import ImageClassifier
-from resume_helpers import write_config
-from tests_helpers import TINY_VIT
+from testkit.resume import write_config
+from testkit.tiny import TINY_VIT
 
 CLASSIFIER = {"class_path": "maskrank.tasks.ImageClassifier", "init_args": {"vit": TINY_VIT}}
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from maskrank.cli import main
 from maskrank.cli.lightning import build_cli
-from tests_helpers import TINY_VIT
+from testkit.tiny import TINY_VIT
 
 CLASSES = ["cat", "dog", "frog"]
 MEAN, STD = (0.45, 0.5, 0.55), (0.2, 0.25, 0.3)

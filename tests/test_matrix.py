@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from maskrank.cli import main
 from testkit.sources import SOURCES, data_config
-from tests_helpers import TINY_VIT
+from testkit.tiny import TINY_VIT
 
 pytestmark = [
     pytest.mark.usefixtures("single_thread"),

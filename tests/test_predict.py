@@ -11,7 +11,8 @@ import yaml
 
 from maskrank.cli import main
 from maskrank.data import SyntheticLowRank
-from tests_helpers import TINY_DATA, TINY_VIT, event_tags
+from testkit.events import event_tags
+from testkit.tiny import TINY_DATA, TINY_VIT
 
 CLASSIFIER = {"class_path": "maskrank.tasks.ImageClassifier", "init_args": {"vit": TINY_VIT}}
 MAE = {

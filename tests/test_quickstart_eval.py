@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from maskrank.cli import main
-from tests_helpers import event_tags
+from testkit.events import event_tags
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 EVAL_TAGS = {

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from maskrank.cli import main
-from tests_helpers import TINY_VIT
+from testkit.tiny import TINY_VIT
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"train_size": 64, "val_size": 32, "batch_size": 16, "num_classes": 4, "class_rank": 2}

@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from resume_helpers import (
+from testkit.resume import (
     max_abs_diff,
     read_steps,
     sigkill_and_resume,

@@ -12,7 +12,7 @@ import yaml
 
 from maskrank.cli.lightning import build_cli
 from maskrank.data.stream.optimize import optimize_dataset
-from resume_helpers import (
+from testkit.resume import (
     max_abs_diff,
     read_steps,
     recorded_flags,
@@ -20,7 +20,7 @@ from resume_helpers import (
     tiny_mae_model,
     write_config,
 )
-from streaming_helpers import stream_config, write_image_folder
+from testkit.streaming import stream_config, write_image_folder
 
 STEPS = 12  # 3 epochs x 64 images / 16
 
@@ -48,7 +48,7 @@ def test_crashed_streaming_fit_resumes_mid_epoch_exactly(tmp_path, stream_root):
     ref = _config(tmp_path / "ref.yaml", runs, stream_root, "ref", every_n_train_steps=5)
     build_cli(["fit", "-c", str(ref), *recorded_flags(tmp_path / "ref.log", tmp_path / "ref.pt")])
     cfg = str(_config(tmp_path / "cfg.yaml", runs, stream_root, every_n_train_steps=5))
-    crash = ["--trainer.callbacks+=resume_helpers.CrashAt", "--trainer.callbacks.step=7"]
+    crash = ["--trainer.callbacks+=testkit.resume.CrashAt", "--trainer.callbacks.step=7"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_cli(["fit", "-c", cfg, *crash])
     log = tmp_path / "resumed.log"

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from maskrank.data.stream.optimize import optimize_dataset
-from resume_helpers import (
+from testkit.resume import (
     fit_command,
     max_abs_diff,
     read_steps,
@@ -33,7 +33,7 @@ from resume_helpers import (
     wait_for,
     write_config,
 )
-from streaming_helpers import stream_config, write_image_folder
+from testkit.streaming import stream_config, write_image_folder
 
 NODES = 2
 BATCH = 8  # per process: 64 images / (8 x 2 nodes) = 4 steps per epoch
@@ -101,7 +101,7 @@ class _Nodes:
                 cfg,
                 *NODE_FLAGS,
                 *flags,
-                "--trainer.callbacks+=streaming_helpers.SeenIds",
+                "--trainer.callbacks+=testkit.streaming.SeenIds",
                 f"--trainer.callbacks.folder={seen}",
                 *recorded_flags(log, final, pause_at),
             )

@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 from maskrank.cli import main
-from tests_helpers import TINY_DATA, TINY_VIT, event_tags
+from testkit.events import event_tags
+from testkit.tiny import TINY_DATA, TINY_VIT
 
 CALLBACKS = [
     {

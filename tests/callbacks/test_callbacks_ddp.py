@@ -13,8 +13,7 @@ from maskrank.callbacks import (
     RepresentationRankMonitor,
 )
 from testkit.sources import build_data
-
-from ._helpers import tiny_mae
+from testkit.tiny import tiny_mae
 
 
 def _validate(devices: int, data) -> dict[str, float]:

@@ -11,8 +11,7 @@ from maskrank.callbacks import (
     RepresentationRankMonitor,
     WeightSpectrumMonitor,
 )
-
-from ._helpers import tiny_data, tiny_mae
+from testkit.tiny import tiny_data, tiny_mae
 
 
 def _fit(make_trainer, callbacks) -> dict[str, torch.Tensor]:

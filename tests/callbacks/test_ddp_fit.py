@@ -19,7 +19,7 @@ from pytorch_lightning.callbacks import Callback
 from maskrank.callbacks import RepresentationRankMonitor
 from maskrank.data import SyntheticLowRank
 from maskrank.tasks import ImageClassifier
-from tests_helpers import TINY_VIT
+from testkit.tiny import TINY_VIT
 
 GLOBAL_BATCH = 16
 

@@ -10,8 +10,7 @@ from maskrank.callbacks.dropout import MASK_SEED, find_mlps, run_drop_rate
 from maskrank.metrics import dropout_penalty, equalization_score
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import ImageClassifier
-
-from ._helpers import TINY_VIT, tiny_data, tiny_mae
+from testkit.tiny import TINY_VIT, tiny_data, tiny_mae
 
 
 def _probe(n: int = 12) -> torch.Tensor:

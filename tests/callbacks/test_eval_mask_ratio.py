@@ -4,32 +4,17 @@ from __future__ import annotations
 
 import pytest
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from maskrank.callbacks import DropoutPenaltyMonitor, ReconstructionLogger
 from maskrank.errors import ConfigError
 from maskrank.models.masking import MaskingSpec
-from maskrank.models.vit import ViTSpec
-from maskrank.tasks import MAEPretraining
-from tests_helpers import TINY_VIT
-
-from ._helpers import tiny_data
+from testkit.tiny import tiny_data, tiny_mae
 
 
 @pytest.mark.parametrize("end", [0.25, 0.5])
 def test_validation_monitors_and_pictures_use_the_same_ratio(tmp_path, end):
-    torch.manual_seed(0)
-    model = MAEPretraining(
-        vit=ViTSpec(**TINY_VIT),
-        img_size=32,
-        decoder_dim=32,
-        decoder_depth=1,
-        decoder_heads=2,
-        lr=1e-3,
-        mask_ratio=0.75,
-        mask_ratio_end=end,
-    )
+    model = tiny_mae(mask_ratio=0.75, mask_ratio_end=end)
     evaluated: list[float] = []
     forward = model.mae.forward_with_latent  # what forward, validation and monitors call
 

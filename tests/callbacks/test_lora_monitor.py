@@ -6,10 +6,12 @@ import pytorch_lightning as pl
 import torch
 
 from maskrank.callbacks.lora import LoRASpectrumMonitor, lora_singular_values
+from maskrank.data import SyntheticLowRank
 from maskrank.metrics import singular_values
 from maskrank.models.lora import LoRASpec, apply_lora, delta_weight
 from maskrank.tasks import ImageClassifier
-from tests_helpers import TINY_VIT
+from testkit.events import event_tags
+from testkit.tiny import TINY_VIT
 
 
 def test_factor_spectrum_equals_the_dense_update(tiny_spec):
@@ -26,9 +28,6 @@ def test_factor_spectrum_equals_the_dense_update(tiny_spec):
 
 
 def test_monitor_logs_per_module_and_means_during_fit(tmp_path):
-    from maskrank.data import SyntheticLowRank
-    from tests_helpers import event_tags
-
     model = ImageClassifier(vit=TINY_VIT, num_classes=4, adaptation="lora", lora={"r": 4})
     monitor = LoRASpectrumMonitor(every_n_steps=2)
     trainer = pl.Trainer(

@@ -10,8 +10,7 @@ from maskrank.callbacks import LidarSpec, OnlineKNN, RepresentationRankMonitor
 from maskrank.callbacks.lidar_views import LIDAR_VIEW_SEED
 from maskrank.errors import ConfigError
 from maskrank.metrics import knn_accuracy, lidar, linear_probe_accuracy
-
-from ._helpers import tiny_data, tiny_mae
+from testkit.tiny import tiny_data, tiny_mae
 
 
 def _count_encoded(model) -> list[int]:

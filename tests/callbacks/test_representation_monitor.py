@@ -15,8 +15,7 @@ from maskrank.callbacks._common import eval_mode
 from maskrank.callbacks.representation import merge_shards, shard_bounds, spectrum_figure
 from maskrank.metrics import alpha_req, effective_rank, participation_ratio
 from maskrank.models.features import EncoderFeatures
-
-from ._helpers import tiny_data, tiny_mae
+from testkit.tiny import tiny_data, tiny_mae
 
 RANK, WIDTH, PROBE = 5, 16, 32
 

@@ -11,7 +11,7 @@ from maskrank.callbacks import TrainingCost
 from maskrank.data import SyntheticLowRank
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import ImageClassifier
-from tests_helpers import TINY_VIT
+from testkit.tiny import TINY_VIT
 
 
 def _data() -> SyntheticLowRank:

@@ -17,8 +17,7 @@ from maskrank.metrics import (
 )
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import ImageClassifier
-
-from ._helpers import TINY_VIT, tiny_data, tiny_mae
+from testkit.tiny import TINY_VIT, tiny_data, tiny_mae
 
 
 def _expected(prefix: str, depth: int) -> set[str]:

@@ -14,7 +14,7 @@ from maskrank.cli.adapt import load_classifier
 from maskrank.io.checkpoints import encoder_state_dict
 from maskrank.models.lora import load_rank_map, lora_layers
 from maskrank.tasks import ImageClassifier
-from tests_helpers import TINY_DATA, TINY_VIT
+from testkit.tiny import TINY_DATA, TINY_VIT
 
 
 def _fit(tmp_path: Path, name: str, model: dict, *extra: str) -> Path:

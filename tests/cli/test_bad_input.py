@@ -18,8 +18,8 @@ from PIL import Image
 
 from maskrank.cli import main
 from maskrank.models.vit import ViTSpec
-from resume_helpers import tiny_mae_model, write_config
-from tests_helpers import TINY_VIT
+from testkit.resume import tiny_mae_model, write_config
+from testkit.tiny import TINY_VIT
 
 
 class _Payload:

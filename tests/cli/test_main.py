@@ -12,7 +12,8 @@ import yaml
 import maskrank
 from maskrank.cli import main
 from maskrank.cli.lightning import build_cli
-from tests_helpers import TINY_DATA, TINY_VIT, event_tags
+from testkit.events import event_tags
+from testkit.tiny import TINY_DATA, TINY_VIT
 
 
 def _config(tmp_path: Path, model: dict, **trainer) -> Path:

@@ -15,7 +15,7 @@ from maskrank.cli.data import data_command
 from maskrank.data import HFDataModule, StreamingDataModule
 from maskrank.data.stream.layout import read_meta
 from maskrank.errors import ConfigError, DatasetNotFoundError
-from streaming_helpers import flat_image, identities
+from testkit.streaming import flat_image, identities
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -17,7 +17,7 @@ from maskrank.data import StreamingDataModule
 from maskrank.data.images.encoded import sample_seed, train_crop
 from maskrank.data.stream.layout import read_meta
 from maskrank.errors import ConfigError, CorruptFileError, DatasetNotFoundError
-from streaming_helpers import CLASSES, flat_image, identities, sorted_ids, write_image_folder
+from testkit.streaming import CLASSES, flat_image, identities, sorted_ids, write_image_folder
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -13,7 +13,7 @@ import torch
 
 from maskrank.cli.lightning import build_cli
 from maskrank.io.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
-from resume_helpers import tiny_mae_model, write_config
+from testkit.resume import tiny_mae_model, write_config
 
 
 def _checkpoint(value: float) -> dict:

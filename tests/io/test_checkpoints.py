@@ -15,8 +15,8 @@ import maskrank
 from maskrank.cli import main
 from maskrank.errors import CorruptFileError
 from maskrank.io.checkpoints import load_checkpoint
-from resume_helpers import write_config
-from tests_helpers import TINY_VIT
+from testkit.resume import write_config
+from testkit.tiny import TINY_VIT
 
 PACKAGE = Path(maskrank.__file__).parent
 # torch notes that a plain pickle uses a newer protocol than its own files; irrelevant here

@@ -9,7 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from maskrank.cli import main
 from maskrank.cli.lightning import build_cli
-from resume_helpers import (
+from testkit.resume import (
     max_abs_diff,
     read_steps,
     recorded_flags,
@@ -67,7 +67,7 @@ def test_crashed_fit_resumes_exactly_in_process(tmp_path, checkpoint, crash_afte
     build_cli(["fit", "-c", str(ref), *recorded_flags(tmp_path / "ref.log", tmp_path / "ref.pt")])
     cfg = str(write_config(tmp_path / "cfg.yaml", runs, tiny_mae_model(), checkpoint=checkpoint))
     crash = [
-        "--trainer.callbacks+=resume_helpers.CrashAt",
+        "--trainer.callbacks+=testkit.resume.CrashAt",
         f"--trainer.callbacks.step={crash_after}",
     ]
     with pytest.raises(RuntimeError, match="simulated crash"):

@@ -1,7 +1,7 @@
 """The tiny MAE trains under FSDP on CPU: 2 processes, gloo, Lightning's FSDP strategies.
 
 ``fsdp1``: FSDPStrategy (flat 1-D shards, ``use_orig_params=True``; see
-``fsdp_helpers.CpuFSDPStrategy`` for what it takes on CPU); ``fsdp2``: ModelParallelStrategy
+``testkit.fsdp.CpuFSDPStrategy`` for what it takes on CPU); ``fsdp2``: ModelParallelStrategy
 (``fully_shard``, DTensors) with 2-way data parallelism. Each rank holds a part of the weights
 (together exactly the model), the loss falls, and each rank's optimizer has the groups of a
 single-process run, name for name.
@@ -17,11 +17,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from fsdp_helpers import configure, named_groups, tiny_sharded_mae
 
-SCRIPT = Path(__file__).parents[1] / "fsdp_fit.py"
-# the script imports the test helpers, as tests do
-HELPERS = os.pathsep.join(filter(None, [str(SCRIPT.parent), os.environ.get("PYTHONPATH")]))
+from testkit.fsdp import configure, named_groups, tiny_sharded_mae
+
+SCRIPT = Path(__file__).parents[1] / "testkit" / "fsdp_fit.py"
+# the script imports the test helpers (testkit), as tests do
+HELPERS = os.pathsep.join(filter(None, [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.mark.slow

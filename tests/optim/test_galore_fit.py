@@ -9,14 +9,15 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from maskrank.cli import main
-from resume_helpers import (
+from testkit.events import event_tags
+from testkit.resume import (
     max_abs_diff,
     read_steps,
     sigkill_and_resume,
     tiny_mae_model,
     write_config,
 )
-from tests_helpers import TINY_VIT, event_tags
+from testkit.tiny import TINY_VIT
 
 FLAG = "--model.init_args.optimizer"
 pytestmark = pytest.mark.usefixtures("single_thread")

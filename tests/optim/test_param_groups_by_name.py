@@ -15,7 +15,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from fsdp_helpers import configure, fsdp1_wrap, fsdp2_shard, named_groups
 from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
@@ -27,7 +26,8 @@ from maskrank.models.vit import ViTSpec
 from maskrank.optim import OptimizerSpec, galore_targets, param_groups, plan_parameters
 from maskrank.optim.plan import planned_parameters
 from maskrank.tasks import ImageClassifier, MAEPretraining
-from tests_helpers import TINY_VIT
+from testkit.fsdp import configure, fsdp1_wrap, fsdp2_shard, named_groups
+from testkit.tiny import TINY_VIT, tiny_mae
 
 fake_pg = pytest.importorskip("torch.testing._internal.distributed.fake_pg")
 
@@ -45,11 +45,7 @@ def process_group():
 
 
 def _mae(**kw) -> MAEPretraining:
-    torch.manual_seed(0)
-    vit = ViTSpec(**TINY_VIT)
-    return MAEPretraining(
-        vit=vit, img_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=2, lr=1e-3, **kw
-    )
+    return tiny_mae(**kw)
 
 
 def _classifier(**kw) -> ImageClassifier:

@@ -17,7 +17,8 @@ from maskrank.cli import main
 from maskrank.cli.sweep import run_sweep
 from maskrank.errors import ConfigError
 from maskrank.sweep.report import intrinsic_rank
-from tests_helpers import TINY_DATA, TINY_VIT, event_tags
+from testkit.events import event_tags
+from testkit.tiny import TINY_DATA, TINY_VIT
 
 TRAINER = {
     "max_epochs": 1,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from callbacks._helpers import tiny_mae
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from maskrank.cli import main
@@ -15,7 +14,8 @@ from maskrank.models.lora import LoRASpec
 from maskrank.models.masking import MaskingSpec, make_masking
 from maskrank.optim import OptimizerSpec
 from maskrank.tasks import ImageClassifier
-from resume_helpers import tiny_mae_model, write_config
+from testkit.resume import tiny_mae_model, write_config
+from testkit.tiny import tiny_mae
 
 GRIDS = [(4, 4), (7, 7), (14, 14)]  # 16 (the tiny ViT), 49 (odd: round() ties differ), 196
 

@@ -9,8 +9,8 @@ import torch
 
 from maskrank.cli.adapt import load_classifier
 from maskrank.cli.lightning import build_cli
-from resume_helpers import max_abs_diff, read_steps, write_config
-from tests_helpers import TINY_VIT
+from testkit.resume import max_abs_diff, read_steps, write_config
+from testkit.tiny import TINY_VIT
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -31,7 +31,7 @@ def _lora_model(lora: dict) -> dict:
 
 def _recorded(log: Path, final: Path) -> list[str]:
     return [
-        "--trainer.callbacks+=resume_helpers.StepRecorder",
+        "--trainer.callbacks+=testkit.resume.StepRecorder",
         f"--trainer.callbacks.log={log}",
         f"--trainer.callbacks.final={final}",
     ]
@@ -45,7 +45,7 @@ def test_crashed_lora_fit_resumes_exactly(tmp_path, lora):
     ref = write_config(tmp_path / "ref.yaml", runs, model, "ref", checkpoint)
     build_cli(["fit", "-c", str(ref), *_recorded(tmp_path / "ref.log", tmp_path / "ref.pt")])
     cfg = str(write_config(tmp_path / "cfg.yaml", runs, model, checkpoint=checkpoint))
-    crash = ["--trainer.callbacks+=resume_helpers.CrashAt", "--trainer.callbacks.step=7"]
+    crash = ["--trainer.callbacks+=testkit.resume.CrashAt", "--trainer.callbacks.step=7"]
     with pytest.raises(RuntimeError, match="simulated crash"):
         build_cli(["fit", "-c", cfg, *crash])
     log = tmp_path / "resumed.log"

@@ -7,12 +7,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from maskrank.data import SyntheticLowRank
 from maskrank.errors import ConfigError
 from maskrank.metrics import uniformity_loss
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import ImageClassifier, MAEPretraining
-from tests_helpers import TINY_VIT
+from testkit.tiny import TINY_VIT, tiny_data, tiny_mae
 
 
 @pytest.fixture(autouse=True)
@@ -21,13 +20,7 @@ def _one_thread(single_thread):
 
 
 def _mae(**kw) -> MAEPretraining:
-    torch.manual_seed(0)
-    args = dict(vit=ViTSpec(**TINY_VIT, proj_drop_rate=0.1), img_size=32, decoder_dim=32)
-    return MAEPretraining(**args, decoder_depth=1, decoder_heads=2, lr=1e-3, **kw)
-
-
-def _data() -> SyntheticLowRank:
-    return SyntheticLowRank(num_classes=4, class_rank=2, train_size=64, val_size=32, batch_size=16)
+    return tiny_mae(proj_drop_rate=0.1, **kw)
 
 
 def _fit(tmp_path, model: MAEPretraining, epochs: int = 2) -> pl.Trainer:
@@ -42,7 +35,7 @@ def _fit(tmp_path, model: MAEPretraining, epochs: int = 2) -> pl.Trainer:
         num_sanity_val_steps=0,
         deterministic=True,
     )
-    trainer.fit(model, datamodule=_data())
+    trainer.fit(model, datamodule=tiny_data())
     return trainer
 
 

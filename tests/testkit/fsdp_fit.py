@@ -1,9 +1,9 @@
 """A 2-process FSDP fit of the tiny MAE on CPU (gloo), as a script: Lightning's FSDP strategies
 start the second process by running this file again
-(``PYTHONPATH=tests python tests/fsdp_fit.py STRATEGY OUT``).
+(``PYTHONPATH=tests python tests/testkit/fsdp_fit.py STRATEGY OUT``).
 
-``STRATEGY`` is ``fsdp1`` (:class:`fsdp_helpers.CpuFSDPStrategy`) or ``fsdp2``
-(``ModelParallelStrategy`` with 2-way data parallelism, :class:`fsdp_helpers.ShardedMAE`). Each
+``STRATEGY`` is ``fsdp1`` (:class:`testkit.fsdp.CpuFSDPStrategy`) or ``fsdp2``
+(``ModelParallelStrategy`` with 2-way data parallelism, :class:`testkit.fsdp.ShardedMAE`). Each
 rank writes ``OUT/rank<R>.json``: its training losses and its optimizer's groups by name.
 """
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from fsdp_helpers import CpuFSDPStrategy, named_groups, tiny_sharded_mae
 from pytorch_lightning.strategies import ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
 from maskrank.data import SyntheticLowRank
+from testkit.fsdp import CpuFSDPStrategy, named_groups, tiny_sharded_mae
 
 STEPS = 8
 

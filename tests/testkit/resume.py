@@ -17,7 +17,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import Callback
 
-from tests_helpers import TINY_DATA, TINY_VIT
+from testkit.tiny import TINY_DATA, tiny_mae_config
 
 
 class StepRecorder(Callback):
@@ -71,16 +71,7 @@ def read_steps(log: Path) -> list[str]:
 def tiny_mae_model() -> dict:
     """The tiny MAE as a config entry, with every source of training randomness switched on:
     random masks with a per-batch ratio, stochastic depth (and the datamodule's augmentation)."""
-    return {
-        "class_path": "maskrank.tasks.MAEPretraining",
-        "init_args": {
-            "vit": {**TINY_VIT, "drop_path_rate": 0.1},
-            "decoder_dim": 32,
-            "decoder_depth": 1,
-            "decoder_heads": 2,
-            "mask_ratio_range": [0.5, 0.8],
-        },
-    }
+    return tiny_mae_config(vit={"drop_path_rate": 0.1}, mask_ratio_range=[0.5, 0.8])
 
 
 def write_config(
@@ -124,9 +115,9 @@ def max_abs_diff(a: dict, b: dict) -> float:
 
 
 def recorded_flags(log: Path, final: Path, pause_at: int | None = None) -> list[str]:
-    """Flags adding a StepRecorder (see resume_helpers) to a fit."""
+    """Flags adding a StepRecorder (see testkit.resume) to a fit."""
     flags = [
-        "--trainer.callbacks+=resume_helpers.StepRecorder",
+        "--trainer.callbacks+=testkit.resume.StepRecorder",
         f"--trainer.callbacks.log={log}",
         f"--trainer.callbacks.final={final}",
     ]
@@ -138,7 +129,9 @@ def fit_command(cfg: Path, *flags: str) -> list[str]:
 
 
 def subprocess_env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    # tests/ on the path, so a subprocess imports testkit as the tests do
+    tests = str(Path(__file__).parents[1])
+    path = os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))
     return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 

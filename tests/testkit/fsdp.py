@@ -25,9 +25,8 @@ from torch.distributed.fsdp import (
 )
 from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
-from maskrank.models.vit import ViTSpec
 from maskrank.tasks import MAEPretraining
-from tests_helpers import TINY_VIT
+from testkit.tiny import tiny_mae
 
 # The MAE methods the tasks call instead of forward (training and validation steps).
 MAE_ENTRY_POINTS = ("training_loss_and_latent", "forward_with_latent")
@@ -80,9 +79,7 @@ class ShardedMAE(MAEPretraining):
 
 def tiny_sharded_mae(**kw) -> ShardedMAE:
     """The tiny MAE of the callback tests (1-block decoder, lr 1e-3) as a :class:`ShardedMAE`."""
-    torch.manual_seed(0)
-    args = dict(img_size=32, decoder_dim=32, decoder_depth=1, decoder_heads=2, lr=1e-3)
-    return ShardedMAE(vit=ViTSpec(**TINY_VIT), **{**args, **kw})
+    return tiny_mae(cls=ShardedMAE, **kw)
 
 
 def configure(task, strategy) -> torch.optim.Optimizer:
