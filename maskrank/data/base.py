@@ -25,7 +25,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -36,16 +35,14 @@ from maskrank.data.messages import require
 from maskrank.data.order import (
     EpochShuffleSampler,
     ResumableDataLoader,
-    resume_position,
+    ResumePosition,
+    probe_indices,
     shuffle_seed,
 )
 from maskrank.data.pairs import PairDataset, keep_batch
 from maskrank.errors import ConfigError
 
 __all__ = ["InMemoryImageDataModule", "Split", "available_cores"]
-
-# Offset added to ``seed`` for the probe subset, so it is not tied to the train-subset shuffle.
-_PROBE_SEED_OFFSET = 7919
 
 
 def available_cores() -> int:
@@ -55,7 +52,7 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
+class InMemoryImageDataModule(ResumePosition, pl.LightningDataModule, abc.ABC):
     """Base datamodule: uint8 batches from memory, normalization and augmentation on the device.
 
     Attributes set by every subclass's ``__init__`` (available before ``setup``):
@@ -126,7 +123,6 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         self.train_subset = train_subset
         self.seed = seed
         self._splits: dict[str, PairDataset] = {}
-        self._resume: dict[str, int] | None = None  # set by load_state_dict, used once
 
     # ----------------------------------------------------------------------------- geometry
     def _set_geometry(
@@ -210,7 +206,7 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
         )
         if not train:
             return DataLoader(data, shuffle=False, drop_last=False, **common)  # type: ignore[arg-type]
-        position, self._resume = self._resume or {}, None
+        position = self.take_resume_position()
         return ResumableDataLoader(
             data,  # type: ignore[arg-type]
             sampler=EpochShuffleSampler(data, shuffle_seed(self.seed)),
@@ -235,24 +231,6 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
     def predict_dataloader(self) -> DataLoader:
         """The held-out split, as for validation."""
         return self._loader(self._split("heldout"), train=False)
-
-    # ----------------------------------------------------------------------------- resume
-    def state_dict(self) -> dict[str, Any]:
-        """Lightning checkpoints this: where in the training order a resumed fit continues."""
-        trainer = self.trainer
-        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
-            return {}
-        return {"resume_position": resume_position(trainer)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the position when resuming a fit; the next ``train_dataloader()`` starts there.
-
-        Ignored for validate/test/predict, so a later fit with this datamodule starts at epoch 0.
-        """
-        position = state_dict.get("resume_position")
-        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        if position is not None and fitting:
-            self._resume = {k: int(v) for k, v in position.items()}
 
     # ----------------------------------------------------------------------------- device side
     @property
@@ -287,12 +265,8 @@ class InMemoryImageDataModule(pl.LightningDataModule, abc.ABC):
 
     # ----------------------------------------------------------------------------- probes
     def _probe_indices(self, size: int, n: int) -> list[int]:
-        """The first ``n`` of a permutation of ``range(size)`` seeded by ``seed``: the probe set's
-        positions in a split (a smaller ``n`` is a prefix of a larger one)."""
-        if n < 1:
-            raise ValueError(f"probe_batch: n must be >= 1, got {n}")
-        generator = torch.Generator().manual_seed(self.seed + _PROBE_SEED_OFFSET)
-        return torch.randperm(size, generator=generator)[:n].tolist()  # min(n, size) positions
+        """The probe set's positions in a split of ``size`` images (:func:`probe_indices`)."""
+        return probe_indices(size, n, self.seed)
 
     def _probe_source(self, split: Split) -> PairDataset:
         """Where the unaugmented probe images of ``split`` come from: the split itself, whose

@@ -11,7 +11,11 @@ the run it continues. Two pieces fix that:
   same global batches as ``k`` processes with batch ``B / k``.
 * :class:`ResumableDataLoader` starts its first iteration at a given epoch and skips the batches a
   checkpoint says were already trained on. The datamodule computes that position when Lightning
-  checkpoints it (:func:`resume_position`) and hands it to the loader after a restore.
+  checkpoints it (:func:`resume_position`, kept by :class:`ResumePosition`) and hands it to the
+  loader after a restore.
+
+:func:`probe_indices` is the other fixed order of every datamodule: the seeded subset of a split
+that probes and k-NN banks read (:meth:`maskrank.data.ImageData.probe_batch`).
 
 The loader also owns its ``generator``: a ``DataLoader`` draws a base seed for its workers at every
 ``iter()``, from the global RNG unless it has a generator, and that draw would shift the random
@@ -26,9 +30,30 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, RandomSampler
 
-__all__ = ["EpochShuffleSampler", "ResumableDataLoader", "resume_position", "shuffle_seed"]
+__all__ = [
+    "EpochShuffleSampler",
+    "ResumableDataLoader",
+    "ResumePosition",
+    "probe_indices",
+    "resume_position",
+    "shuffle_seed",
+]
+
+# Offset added to a datamodule's ``seed`` for the probe subset, so it is not tied to the
+# train-subset shuffle.
+_PROBE_SEED_OFFSET = 7919
+
+
+def probe_indices(size: int, n: int, seed: int) -> list[int]:
+    """The first ``n`` of a permutation of ``range(size)`` seeded by ``seed``: a split's probe set
+    (a smaller ``n`` is a prefix of a larger one; ``n`` above ``size`` is clamped)."""
+    if n < 1:
+        raise ValueError(f"probe_batch: n must be >= 1, got {n}")
+    generator = torch.Generator().manual_seed(int(seed) + _PROBE_SEED_OFFSET)
+    return torch.randperm(size, generator=generator)[:n].tolist()
 
 
 def shuffle_seed(default: int) -> int:
@@ -132,3 +157,35 @@ def resume_position(trainer: pl.Trainer) -> dict[str, int]:
     if done >= total:  # the epoch's batches are all trained on (also when limited)
         return {"epoch": epoch + 1, "skip_batches": 0}
     return {"epoch": epoch, "skip_batches": done}
+
+
+class ResumePosition:
+    """A datamodule's checkpointed state: where in the training order a resumed fit continues.
+
+    Mixed into a ``LightningDataModule`` (before it in the bases). Lightning checkpoints
+    :meth:`state_dict` and hands it back to :meth:`load_state_dict` on a restore; the next
+    training loader takes the position once (:meth:`take_resume_position`).
+    """
+
+    trainer: pl.Trainer | None
+    _resume: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position a resumed fit continues at (empty outside a fit)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        return {"resume_position": resume_position(trainer)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep the position when resuming a fit; ignored for validate/test/predict, so a later
+        fit with this datamodule starts at epoch 0."""
+        position = state_dict.get("resume_position")
+        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if position is not None and fitting:
+            self._resume = {k: int(v) for k, v in position.items()}
+
+    def take_resume_position(self) -> dict[str, int]:
+        """``{epoch, skip_batches}`` of a restore (once; empty when not resuming)."""
+        position, self._resume = self._resume or {}, None
+        return position

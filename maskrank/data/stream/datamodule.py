@@ -18,14 +18,13 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
 from maskrank.data.contract import Split
 from maskrank.data.heads import check_model_classes
 from maskrank.data.images.augment import to_float
 from maskrank.data.messages import require
-from maskrank.data.order import resume_position, shuffle_seed
+from maskrank.data.order import ResumePosition, probe_indices, shuffle_seed
 from maskrank.data.stream.dataset import ImageStream, PositionedStreamingLoader, stack_pairs
 from maskrank.data.stream.layout import join, read_meta
 from maskrank.errors import ConfigError
@@ -34,11 +33,10 @@ __all__ = ["StreamingDataModule"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-_PROBE_SEED_OFFSET = 7919  # as InMemoryImageDataModule: the probe subset has its own seed
 _FOLDER: dict[Split, str] = {"train": "train", "heldout": "val"}
 
 
-class StreamingDataModule(pl.LightningDataModule):
+class StreamingDataModule(ResumePosition, pl.LightningDataModule):
     """Stream ``<root>/train`` and ``<root>/val`` written by ``maskrank data optimize``.
 
     Attributes (set from ``<root>/maskrank.json`` in ``__init__``):
@@ -118,7 +116,6 @@ class StreamingDataModule(pl.LightningDataModule):
         self.seed, self.cache_dir, self.max_cache_size = seed, cache_dir, max_cache_size
         self._streams: dict[str, ImageStream] = {}
         self._probes: dict[Split, ImageStream] = {}  # random access, for probe_batch
-        self._resume: dict[str, int] | None = None  # set by load_state_dict, used once
 
     # ----------------------------------------------------------------------------- splits
     def _stream(self, split: str) -> ImageStream:
@@ -169,7 +166,7 @@ class StreamingDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> PositionedStreamingLoader:
         """Shuffled training batches sharded over the ranks; incomplete batches are dropped."""
-        position, self._resume = self._resume or {}, None
+        position = self.take_resume_position()
         return self._loader(
             "train",
             drop_last=True,
@@ -188,21 +185,6 @@ class StreamingDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> PositionedStreamingLoader:
         """The held-out split, as for validation."""
         return self._loader("val")
-
-    # ----------------------------------------------------------------------------- resume
-    def state_dict(self) -> dict[str, Any]:
-        """Lightning checkpoints this: where in the training stream a resumed fit continues."""
-        trainer = self.trainer
-        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
-            return {}
-        return {"resume_position": resume_position(trainer)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the position when resuming a fit; the next ``train_dataloader()`` starts there."""
-        position = state_dict.get("resume_position")
-        fitting = self.trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        if position is not None and fitting:
-            self._resume = {k: int(v) for k, v in position.items()}
 
     # ----------------------------------------------------------------------------- device side
     def normalize(self, images_uint8: Tensor) -> Tensor:
@@ -229,13 +211,8 @@ class StreamingDataModule(pl.LightningDataModule):
         return self._probes[split]
 
     def _probe_indices(self, split: Split, n: int) -> list[int]:
-        """The first ``n`` of a permutation of the split seeded by ``seed`` (as every maskrank
-        datamodule: a smaller ``n`` is a prefix of a larger one)."""
-        if n < 1:
-            raise ValueError(f"probe_batch: n must be >= 1, got {n}")
-        generator = torch.Generator().manual_seed(self.seed + _PROBE_SEED_OFFSET)
-        size = self.meta.splits[_FOLDER[split]]
-        return torch.randperm(size, generator=generator)[:n].tolist()
+        """The probe set's positions in ``split`` (:func:`probe_indices`, as every datamodule)."""
+        return probe_indices(self.meta.splits[_FOLDER[split]], n, self.seed)
 
     def probe_batch(self, n: int, split: Split = "heldout") -> tuple[Tensor, Tensor]:
         """A fixed, seeded subset of ``n`` images of ``split`` (uint8 centre crops) and labels.
