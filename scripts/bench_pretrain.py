@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from maskrank.models.mae import MaskedAutoencoder, normalize_patches, patchify
+from maskrank.models.masking import num_kept
 from maskrank.models.vit import ViTSpec
 from maskrank.optim import adamw
 
@@ -134,7 +135,7 @@ def main() -> None:
     ours = MaskedAutoencoder(encoder, decoder_dim=128, decoder_depth=4, decoder_heads=4)
     ref = ReferenceMAE(ours)
     length = ours.num_patches
-    keep = int(round(length * (1 - args.mask_ratio)))
+    keep = num_kept(length, args.mask_ratio)
     images = torch.randn(args.batch, 3, 32, 32)
 
     def call_ours(x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -142,10 +143,9 @@ def main() -> None:
         return ours.training_loss(x, args.mask_ratio, "random", generator=gen)
 
     def call_ref(x: torch.Tensor, seed: int) -> torch.Tensor:
-        # maskrank keeps the patches with the *highest* noise (descending argsort); the reference
-        # keeps the lowest, so it gets 1 - noise from the same draw: the same masks in the same order
+        # both keep the patches with the lowest noise (MAE's rule): the same draw, the same masks
         gen = torch.Generator().manual_seed(seed)
-        return ref(x, 1.0 - torch.rand(args.batch, length, generator=gen), keep)
+        return ref(x, torch.rand(args.batch, length, generator=gen), keep)
 
     ref_opt = torch.optim.AdamW(
         [p for p in ref.parameters() if p.requires_grad],

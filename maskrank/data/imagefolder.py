@@ -16,8 +16,10 @@ corrupt it.
 With ``in_memory=False`` (data too large for memory, e.g. ImageNet) the ImageNet recipe runs in the
 DataLoader workers (:mod:`maskrank.data.images.file_crops`): a training image is a random resized crop of
 the *original* file (area ``crop_scale``, ratio (3/4, 4/3), bicubic) plus a flip, drawn from
-``(seed, epoch, index)``; a held-out image is its centre crop after resizing the shorter side to
-``image_size / crop_pct``. Either way batches are ``(uint8 (B, C, S, S), int64 (B,))``.
+``(seed, epoch, index)``, then optionally timm's RandAugment (``auto_augment``, MAE's
+fine-tuning uses ``rand-m9-mstd0.5-inc1``) seeded from the same triple; a held-out image is its
+centre crop after resizing the shorter side to ``image_size / crop_pct``. Either way batches are
+``(uint8 (B, C, S, S), int64 (B,))``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from torch import Tensor
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
 from maskrank.data.base import InMemoryImageDataModule, Split
+from maskrank.data.images.auto_augment import SeededRandAugment
 from maskrank.data.images.crops import CropSpec
 from maskrank.data.images.file_crops import CroppedImageFiles
 from maskrank.data.images.files import (
@@ -79,6 +82,11 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         on_bad_image: with ``in_memory=False``, what an unreadable file does mid-epoch: ``stop``
             the run with an error naming it, or ``skip`` it (left out of its batch, a warning
             names it, and the TensorBoard scalar ``data/skipped_images`` counts them).
+        auto_augment: with ``in_memory=False`` and ``augment``, timm's RandAugment of every
+            training crop in the loader workers (a string such as MAE's
+            ``rand-m9-mstd0.5-inc1``), seeded per (seed, epoch, image) like the crop, so a
+            resumed run sees the same images. Not available in memory (the batched device
+            augmentation has no PIL image to work on): setting it there is refused. None: off.
     """
 
     def __init__(
@@ -92,6 +100,7 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         cache_dir: str | None = "data/cache",
         crop_pct: float = 0.875,
         on_bad_image: Literal["stop", "skip"] = "stop",
+        auto_augment: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -113,8 +122,30 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         if std is None:
             std = _IMAGENET_STD if in_chans == 3 else (0.5,)
         self._set_geometry(len(self.classes), in_chans, image_size, mean, std, self.classes)
+        self.auto_augment = self._rand_augment(auto_augment, mean)
         if not in_memory:  # held-out files: shorter side to image_size / crop_pct, bicubic
             self.eval_interpolation, self.eval_crop_pct = "bicubic", self.crop_pct
+
+    def _rand_augment(
+        self, config: str | None, mean: tuple[float, ...]
+    ) -> SeededRandAugment | None:
+        """The worker-side RandAugment of ``auto_augment``; refused where it would not run."""
+        if config is None:
+            return None
+        require(
+            not self.in_memory,
+            "auto_augment",
+            "null with in_memory: true (RandAugment runs on decoded files in the loader "
+            "workers; set --data.in_memory false)",
+            config,
+        )
+        require(
+            self.augment,
+            "auto_augment",
+            "null with augment: false (it augments the training crops)",
+            config,
+        )
+        return SeededRandAugment(config, self.image_size, mean)
 
     def describe_classes(self) -> str:
         """Where the classes come from and which they are, for a message about their count."""
@@ -197,7 +228,9 @@ class ImageFolderDataModule(InMemoryImageDataModule):
         if not self.in_memory:
             spec = self._crop_spec(train=split == "train" and self.augment)
             skip = self.on_bad_image == "skip"
-            return CroppedImageFiles(samples, spec, self.in_chans, shuffle_seed(self.seed), skip)
+            return CroppedImageFiles(
+                samples, spec, self.in_chans, shuffle_seed(self.seed), skip, self.auto_augment
+            )
         cache_path = self._cache_path(split, samples)
         shape = (self.in_chans, self.image_size, self.image_size)
         cached = load_cache(cache_path, len(samples), shape) if cache_path else None

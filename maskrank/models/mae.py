@@ -11,6 +11,7 @@ Shapes: images (B, C, H, W); L = (H/p)(W/p) patches; K visible; D encoder width;
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import torch
@@ -26,6 +27,10 @@ AttentionImpl = Literal["auto", "sdpa", "matmul"]
 # Earlier torch builds ran SDPA slower at short sequences; with torch 2.15 scripts/bench_pretrain.py
 # measured no difference for the CIFAR ViT-Tiny MAE (17 and 65 tokens). On GPUs SDPA always wins.
 CPU_SDPA_MIN_TOKENS = 128
+# MAE's LayerNorm epsilon (its ``partial(nn.LayerNorm, eps=1e-6)``), also timm's ViT default.
+LN_EPS = 1e-6
+# Standard deviation of MAE's class and mask token init.
+TOKEN_INIT_STD = 0.02
 
 
 def use_sdpa(impl: AttentionImpl, device: torch.device, tokens: int) -> bool:
@@ -48,8 +53,9 @@ def set_attention_impl(blocks: nn.Module, sdpa: bool) -> None:
 def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool) -> torch.Tensor:
     """Fixed 2-D sine-cosine position embedding (1, [1 +] gh*gw, dim); the CLS row is zero.
 
-    Half of the channels encode the row, half the column; each half is ``[sin(pos w), cos(pos w)]``
-    over ``dim / 4`` frequencies ``w_i = 10000^(-i / (dim/4))``.
+    MAE's table (its ``get_2d_sincos_pos_embed``): the first half of the channels encodes the
+    patch's column, the second half its row; each half is ``[sin(pos w), cos(pos w)]`` over
+    ``dim / 4`` frequencies ``w_i = 10000^(-i / (dim/4))``. Computed in float64, stored as float32.
     """
     if dim % 4:
         raise ConfigError(f"sin-cos position embeddings need a width divisible by 4, got {dim}")
@@ -63,7 +69,7 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool) -> torch.
         angles = pos.flatten()[:, None] * omega[None, :]
         return torch.cat([angles.sin(), angles.cos()], dim=1)
 
-    emb = torch.cat([encode(rows), encode(cols)], dim=1)  # (gh*gw, dim)
+    emb = torch.cat([encode(cols), encode(rows)], dim=1)  # (gh*gw, dim): column half first
     if cls_token:
         emb = torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb], dim=0)
     return emb.float().unsqueeze(0)
@@ -117,6 +123,9 @@ class MaskedAutoencoder(nn.Module):
             and freeze it, as MAE does.
         attention: ``sdpa`` (fused kernel), ``matmul`` (explicit softmax attention) or ``auto``
             (matmul on CPU for short sequences, SDPA otherwise); all compute the same function.
+        init_encoder: give the encoder MAE's initialisation too (:meth:`_init_weights`), as for a
+            freshly built encoder; False keeps the weights the encoder carries (e.g. timm's
+            pretrained ones). The decoder always gets MAE's initialisation.
     """
 
     def __init__(
@@ -129,6 +138,7 @@ class MaskedAutoencoder(nn.Module):
         norm_pix_loss: bool = True,
         fixed_pos_embed: bool = True,
         attention: AttentionImpl = "auto",
+        init_encoder: bool = True,
     ) -> None:
         super().__init__()
         if encoder.cls_token is None or encoder.no_embed_class or encoder.num_reg_tokens:
@@ -162,20 +172,53 @@ class MaskedAutoencoder(nn.Module):
             persistent=False,
         )
         self.decoder_blocks = nn.ModuleList(
-            Block(decoder_dim, decoder_heads, mlp_ratio, qkv_bias=True)
+            Block(
+                decoder_dim,
+                decoder_heads,
+                mlp_ratio,
+                qkv_bias=True,
+                norm_layer=partial(nn.LayerNorm, eps=LN_EPS),
+            )
             for _ in range(decoder_depth)
         )
-        self.decoder_norm = nn.LayerNorm(decoder_dim)
+        self.decoder_norm = nn.LayerNorm(decoder_dim, eps=LN_EPS)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch * self.patch * self.chans)
-        self._init_decoder()
+        self._init_weights(init_encoder)
 
-    def _init_decoder(self) -> None:
-        nn.init.normal_(self.mask_token, std=0.02)
-        for module in [self.decoder_embed, self.decoder_pred, *self.decoder_blocks.modules()]:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+    @torch.no_grad()
+    def _init_weights(self, init_encoder: bool) -> None:
+        """MAE's initialisation (official ``initialize_weights``; SCIENCE.md §5).
+
+        Every ``nn.Linear`` xavier-uniform with zero bias, every ``nn.LayerNorm`` weight 1 and
+        bias 0, the mask token normal(0.02); with ``init_encoder`` the same for the encoder, plus
+        its class token normal(0.02) and the patch embedding's conv weight (D, C, p, p)
+        xavier-uniform as the (D, C*p*p) linear map it is (xavier on the 4-D kernel would count a
+        fan-out of D*p*p and draw ~p/1.4 times smaller weights when D = C*p*p). The conv bias keeps
+        PyTorch's default, as in MAE. Runs once, here: a checkpoint loaded later is never
+        overwritten.
+        """
+        nn.init.normal_(self.mask_token, std=TOKEN_INIT_STD)
+        roots: list[nn.Module] = [
+            self.decoder_embed,
+            self.decoder_blocks,
+            self.decoder_norm,
+            self.decoder_pred,
+        ]
+        if init_encoder:
+            weight = self.encoder.patch_embed.proj.weight
+            nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+            nn.init.normal_(self.encoder.cls_token, std=TOKEN_INIT_STD)
+            roots.insert(0, self.encoder)
+        for root in roots:
+            for module in root.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+                    nn.init.ones_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
 
     @property
     def num_patches(self) -> int:

@@ -1,8 +1,9 @@
 """Patch masking for masked image modelling: pure functions (SCIENCE.md §5).
 
-Every strategy produces a score per patch and keeps the ``num_keep`` highest-scoring patches, so
-all samples of a batch keep exactly the same number of tokens (the encoder then runs on a dense
-(B, K, D) tensor). The result is a :class:`Masking`:
+Every strategy produces a score per patch and keeps the ``num_keep`` lowest-scoring patches (MAE's
+rule: ascending argsort, the first ``num_keep`` stay visible), so all samples of a batch keep
+exactly the same number of tokens (the encoder then runs on a dense (B, K, D) tensor). The result
+is a :class:`Masking`:
 
 - ``ids_keep`` (B, K): indices of the visible patches, in the order the encoder sees them;
 - ``mask`` (B, L): 1.0 for a masked patch, 0.0 for a visible one, in the original patch order;
@@ -10,10 +11,10 @@ all samples of a batch keep exactly the same number of tokens (the encoder then 
   puts tokens back in image order;
 - ``ids_masked`` (B, L - K): indices of the masked patches, the rest of the shuffle.
 
-Strategies: ``random`` (MAE: argsort of uniform noise), ``block`` (BEiT-style rectangles, filled in
-order until the masked count is reached), ``grid`` (keep one patch of every s x s cell, random
-offset per sample). The mask ratio itself can be fixed, drawn per batch from a range, or scheduled
-linearly over training: :func:`mask_ratio_at`.
+Strategies: ``random`` (MAE: argsort of uniform noise, the smallest noise kept), ``block``
+(BEiT-style rectangles, filled in order until the masked count is reached), ``grid`` (keep one
+patch of every s x s cell, random offset per sample). The mask ratio itself can be fixed, drawn
+per batch from a range, or scheduled linearly over training: :func:`mask_ratio_at`.
 """
 
 from __future__ import annotations
@@ -42,9 +43,14 @@ class Masking:
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
-    """Number of visible patches for a ratio in [0, 1): ``round(L * (1 - r))``, at least 1."""
+    """Number of visible patches for a ratio in [0, 1): MAE's ``int(L * (1 - r))``, at least 1.
+
+    The same truncating expression as official MAE (16 patches at 0.7 keep 4, not round()'s 5).
+    Where MAE would keep none (``L * (1 - r) < 1``) one patch stays visible, so that the encoder
+    always sees an image token.
+    """
     check_interval(mask_ratio, "mask_ratio", 0.0, 1.0)
-    return max(1, int(round(num_patches * (1.0 - mask_ratio))))
+    return max(1, int(num_patches * (1 - mask_ratio)))
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,10 @@ class MaskingSpec:
         """Refuse a setting that leaves the reconstruction loss empty for ``num_patches`` patches.
 
         Every ratio the run uses (the fixed or starting ratio, the ends of the range and of the
-        schedule, the evaluation ratio) must mask at least one patch after rounding
-        (:func:`num_kept`); masking keeps one patch visible whatever the ratio. A grid needs one
-        fixed square ratio (``1 / (1 - r)`` a square): a drawn or scheduled ratio is not one.
+        schedule, the evaluation ratio) must mask at least one patch after truncation
+        (:func:`num_kept`), which only a ratio of (about) 0 fails; masking keeps one patch visible
+        whatever the ratio. A grid needs one fixed square ratio (``1 / (1 - r)`` a square): a
+        drawn or scheduled ratio is not one.
         """
         used = [("mask_ratio", f"{self.ratio!r}", self.ratio)]
         if self.range is not None:  # fewest masked patches at the low end
@@ -100,8 +107,8 @@ class MaskingSpec:
             if kept == num_patches:
                 raise ConfigError(
                     f"{{field}} = {shown} masks none of the model's {num_patches} patches "
-                    f"(round({num_patches} x (1 - {ratio!r})) = {kept} stay visible), so there "
-                    f"is nothing to reconstruct; expected a ratio above {0.5 / num_patches:.4g}",
+                    f"(int({num_patches} x (1 - {ratio!r})) = {kept} stay visible), so there "
+                    "is nothing to reconstruct; expected a ratio above 0",
                     field,
                 )
         if self.strategy == "grid":
@@ -132,10 +139,10 @@ class MaskingSpec:
 
 
 def masking_from_scores(scores: torch.Tensor, num_keep: int) -> Masking:
-    """Keep the ``num_keep`` highest-scoring patches of each row of ``scores`` (B, L)."""
+    """Keep the ``num_keep`` lowest-scoring patches of each row of ``scores`` (B, L)."""
     batch, length = scores.shape
-    # Descending argsort: the first num_keep indices are the visible patches.
-    ids_shuffle = torch.argsort(scores, dim=1, descending=True)  # (B, L)
+    # Ascending argsort, as MAE: the first num_keep indices are the visible patches.
+    ids_shuffle = torch.argsort(scores, dim=1)  # (B, L)
     ids_restore = torch.argsort(ids_shuffle, dim=1)  # (B, L) inverse permutation
     ids_keep, ids_masked = ids_shuffle[:, :num_keep], ids_shuffle[:, num_keep:]  # (B, K), (B, L-K)
     mask = torch.ones(batch, length, device=scores.device)
@@ -151,7 +158,7 @@ def random_masking(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
 ) -> Masking:
-    """Per-sample uniform random masking (MAE): keep the patches with the largest noise."""
+    """Per-sample uniform random masking (MAE): keep the patches with the smallest noise."""
     noise = torch.rand(batch, num_patches, device=device, generator=generator)
     return masking_from_scores(noise, num_kept(num_patches, mask_ratio))
 
@@ -198,8 +205,7 @@ def block_masking(
     rank = torch.arange(n_blocks, 0, -1, device=device, dtype=torch.float32).view(1, -1, 1, 1)
     mask_score = (covered * rank).amax(dim=1).flatten(1)  # (B, L): n_blocks - first block index
     noise = torch.rand(batch, length, device=device, generator=generator)
-    # Visible = highest keep-score = lowest mask-score.
-    return masking_from_scores(-(mask_score + noise), length - n_mask)
+    return masking_from_scores(mask_score + noise, length - n_mask)  # lowest mask-score visible
 
 
 def grid_stride(mask_ratio: float) -> int:
@@ -233,7 +239,9 @@ def grid_masking(
     cols = torch.arange(gw, device=device).view(1, 1, gw)
     on_lattice = ((rows - off[:, :1, None]) % s == 0) & ((cols - off[:, 1:, None]) % s == 0)
     noise = torch.rand(batch, gh * gw, device=device, generator=generator)
-    return masking_from_scores(on_lattice.flatten(1).float() + noise, num_kept(gh * gw, mask_ratio))
+    # negated: lattice patches (+1) score lowest, so they are kept first, then by largest noise
+    keep_score = on_lattice.flatten(1).float() + noise
+    return masking_from_scores(-keep_score, num_kept(gh * gw, mask_ratio))
 
 
 def make_masking(

@@ -131,6 +131,11 @@ class ViTSpec:
         attn_drop_rate: dropout on the attention weights.
         drop_path_rate: stochastic-depth rate (linearly increasing over blocks).
         global_pool: ``token`` (CLS) or ``avg`` (mean of patch tokens) for the classifier.
+        fc_norm: a LayerNorm after the pooling (``fc_norm``) in place of the encoder's final
+            ``norm``; None follows timm (on for ``avg``/``max``/``avgmax``, off for ``token``).
+            MAE fine-tunes with ``global_pool: avg`` and fc_norm: an MAE encoder's final ``norm``
+            is then not loaded and ``fc_norm`` starts fresh (:func:`maskrank.io.checkpoints.
+            match_pooling_norm`).
     """
 
     preset: str = "vit_tiny_32"
@@ -144,6 +149,7 @@ class ViTSpec:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     global_pool: str = "token"
+    fc_norm: bool | None = None
 
     def __post_init__(self) -> None:
         # errors name the task argument that holds the spec: vit.<field>
@@ -159,6 +165,11 @@ class ViTSpec:
             raise ConfigError(
                 f"{{field}} = {self.global_pool!r}: expected one of {list(GLOBAL_POOLS)}",
                 "vit.global_pool",
+            )
+        if self.fc_norm is not None and not isinstance(self.fc_norm, bool):
+            raise ConfigError(
+                f"{{field}} = {self.fc_norm!r}: expected true, false or null (timm's rule)",
+                "vit.fc_norm",
             )
         _resolve_preset(self.preset)
 

@@ -1,7 +1,8 @@
 """AdamW with weight-decay and layer-decay parameter groups (pure functions, no Lightning state).
 
 Weight decay applies to tensors with two or more dimensions only (matmul weights, patch-embedding
-kernels, position embeddings); biases and normalization scales are not decayed. The decisions are
+kernels, position embeddings), except the stage's skip list (:mod:`maskrank.optim.plan`: the ViT's
+``no_weight_decay()`` names when fine-tuning); biases and normalization scales are not decayed. The decisions are
 made by parameter name on the unwrapped model (:mod:`maskrank.optim.plan`), so a sharded copy of
 the model gets the same groups.
 """

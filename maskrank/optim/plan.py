@@ -10,9 +10,13 @@ to it by name (:func:`planned_parameters`).
 
 The rules (the same as timm's ``param_groups_weight_decay`` / ``param_groups_layer_decay``):
 
-* weight decay on every tensor except biases and tensors with ``ndim <= 1``
-  (:func:`decays`; a name list such as timm's ``no_weight_decay()`` goes in
-  :data:`NO_WEIGHT_DECAY`);
+* weight decay on every tensor except biases, tensors with ``ndim <= 1`` and the names of a skip
+  list (:func:`decays`). The skip list depends on the stage, as in MAE: pretraining has none
+  (:data:`NO_WEIGHT_DECAY`; MAE's ``add_weight_decay`` without a skip list, so the 3-D
+  ``cls_token`` and ``mask_token`` are decayed), while fine-tuning, linear probing and every
+  adaptation skip the ViT's own ``no_weight_decay()`` set (:func:`model_no_weight_decay`:
+  ``pos_embed``, ``cls_token``, ``dist_token``, ``reg_token``, as MAE's ``param_groups_lrd``
+  is given ``model.no_weight_decay()``), matched on the last components of the unwrapped names;
 * ``layer_decay < 1``: timm's layer ids (the model's ``group_matcher``), layer ``i`` of
   ``0..L`` scaling the learning rate by ``layer_decay^(L - i)``;
 * GaLore targets as chosen by :func:`maskrank.optim.spec.galore_targets` on the unwrapped model.
@@ -36,6 +40,7 @@ __all__ = [
     "ParamPlan",
     "clean_name",
     "decays",
+    "model_no_weight_decay",
     "plan_parameters",
     "planned_parameters",
 ]
@@ -48,8 +53,9 @@ WRAPPER_PREFIXES: tuple[str, ...] = (
     "_orig_mod.",
 )
 
-# Parameter names (last components, e.g. "pos_embed") never decayed whatever their shape: the one
-# place a model's ``no_weight_decay()`` list would go. Empty: only the shape/bias rule applies.
+# The skip list of pretraining: parameter names (last components, e.g. "pos_embed") never decayed
+# whatever their shape. Empty: only the shape/bias rule applies, as MAE's pretraining does; the
+# later stages pass the ViT's own list instead (model_no_weight_decay).
 NO_WEIGHT_DECAY: tuple[str, ...] = ()
 
 
@@ -79,10 +85,13 @@ class OptimizerPlan:
         layer_decay: the layer-wise lr decay the scales came from (1.0: off). With it, groups are
             formed per (lr scale, decay) as timm's layer decay does; without it, one no-decay and
             one decay group.
+        no_weight_decay: the skip list the decay decisions were made with (names that may be
+            frozen, hence in no entry: e.g. ``pos_embed`` under LoRA).
     """
 
     params: Mapping[str, ParamPlan]
     layer_decay: float = 1.0
+    no_weight_decay: frozenset[str] = frozenset()
 
 
 def clean_name(name: str) -> str:
@@ -101,6 +110,14 @@ def decays(name: str, param: nn.Parameter, no_weight_decay: Collection[str] = ()
     if param.ndim <= 1 or name.endswith(".bias"):
         return False
     return not any(name == n or name.endswith("." + n) for n in no_weight_decay)
+
+
+def model_no_weight_decay(module: nn.Module) -> frozenset[str]:
+    """The names ``module`` says never to decay: timm's ``no_weight_decay()`` (a
+    ``VisionTransformer``: ``pos_embed``, ``cls_token``, ``dist_token``, ``reg_token``); empty for
+    a module without that method."""
+    method = getattr(module, "no_weight_decay", None)
+    return frozenset(method()) if callable(method) else frozenset()
 
 
 def _layer_scales(module: nn.Module, layer_decay: float) -> dict[str, float]:
@@ -130,7 +147,8 @@ def plan_parameters(
         module: the unwrapped model whose parameters the optimizer will train.
         layer_decay: layer-wise lr decay in (0, 1] (``module`` then has timm's ``group_matcher``).
         galore: names of the parameters trained by GaLore (their 2-D targets).
-        no_weight_decay: names never decayed (:func:`decays`).
+        no_weight_decay: names never decayed (:func:`decays`): :data:`NO_WEIGHT_DECAY` for
+            pretraining, :func:`model_no_weight_decay` of the ViT for the later stages.
     """
     scales = _layer_scales(module, layer_decay)
     params = {
@@ -143,7 +161,7 @@ def plan_parameters(
         for name, p in module.named_parameters()
         if p.requires_grad
     }
-    return OptimizerPlan(params, layer_decay)
+    return OptimizerPlan(params, layer_decay, frozenset(no_weight_decay))
 
 
 def planned_parameters(

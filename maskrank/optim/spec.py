@@ -10,6 +10,7 @@ a sharding strategy cannot change it; GaLore on sharded targets is refused.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -19,7 +20,12 @@ from torch.distributed.tensor import DTensor
 from maskrank.errors import ConfigError
 from maskrank.optim.adamw import default_fused, param_groups
 from maskrank.optim.galore import PROJ_TYPES, GaLoreAdamW, ProjType
-from maskrank.optim.plan import OptimizerPlan, plan_parameters, planned_parameters
+from maskrank.optim.plan import (
+    NO_WEIGHT_DECAY,
+    OptimizerPlan,
+    plan_parameters,
+    planned_parameters,
+)
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "galore_adamw")
 DEFAULT_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
@@ -156,15 +162,22 @@ def galore_targets(module: nn.Module, spec: OptimizerSpec) -> dict[str, nn.Param
 
 
 def plan_optimizer(
-    module: nn.Module, spec: OptimizerSpec, layer_decay: float = 1.0
+    module: nn.Module,
+    spec: OptimizerSpec,
+    layer_decay: float = 1.0,
+    no_weight_decay: Collection[str] = NO_WEIGHT_DECAY,
 ) -> OptimizerPlan:
     """The decisions of :func:`build_optimizer` for the unwrapped ``module``, made by name.
 
     Record it before any strategy wraps or shards ``module`` (a task's ``__init__``) and pass it
     to :func:`build_optimizer`; for ``galore_adamw`` it checks ``targets`` and ``rank`` here.
+    ``no_weight_decay`` is the stage's skip list (:mod:`maskrank.optim.plan`): none for
+    pretraining, the ViT's ``no_weight_decay()`` for fine-tuning and every adaptation.
     """
     targets = galore_targets(module, spec) if spec.name == "galore_adamw" else {}
-    return plan_parameters(module, layer_decay, galore=set(targets))
+    return plan_parameters(
+        module, layer_decay, galore=set(targets), no_weight_decay=no_weight_decay
+    )
 
 
 def build_optimizer(

@@ -25,6 +25,7 @@ __all__ = [
     "check_adaptation",
     "check_dropout_acts",
     "fold_probe_head",
+    "init_head",
     "probe_head",
     "setup_adaptation",
     "trainable_parameters",
@@ -81,6 +82,16 @@ def check_dropout_acts(
             "compute it; leave fc2 out of the LoRA targets or drop the explicit mode",
             "dropout",
         )
+
+
+@torch.no_grad()
+def init_head(head: nn.Linear, std: float) -> None:
+    """Weight from a normal of ``std`` truncated at ``±2 std``, bias 0: MAE's re-initialisation of
+    the head before fine-tuning (``std`` 2e-5: the first logits are near 0, so the first steps
+    adapt the head to the loaded features instead of back-propagating a random head's errors)."""
+    nn.init.trunc_normal_(head.weight, std=std, a=-2 * std, b=2 * std)
+    if head.bias is not None:
+        head.bias.zero_()
 
 
 def probe_head(head: nn.Linear) -> nn.Sequential:

@@ -8,6 +8,17 @@ see :mod:`maskrank.tasks.adaptation` (SCIENCE.md §6).
 Logged tags: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``test/loss``, ``test/acc``.
 Batches arrive already normalized (and augmented in training) by the datamodule's
 ``on_after_batch_transfer``, so this module only sees float tensors of shape (B, C, H, W).
+
+MAE's fine-tuning recipe (``main_finetune.py``) is a set of switches whose defaults here are the
+plain ones, each set to MAE's value in ``configs/adapt/finetune_cifar10.yaml``:
+``vit.global_pool: avg`` with ``fc_norm`` (mean of the patch tokens, then a fresh LayerNorm),
+``vit.drop_path_rate`` 0.1, ``label_smoothing`` 0.1, ``mixup`` (mixup 0.8 / CutMix 1.0 on the
+device, :mod:`maskrank.tasks.mixup`), ``layer_decay`` 0.75, ``warmup_fraction`` (MAE: 5 of 100
+epochs), ``head_init_std`` 2e-5 and the rule ``lr = base_lr * effective_batch / 256``
+(``lr: null``). RandAugment runs in the data layer's loader workers
+(``ImageFolderDataModule(in_memory=False, auto_augment=...)``). Weight decay always skips the
+ViT's ``no_weight_decay()`` names (``pos_embed``, ``cls_token``), in every adaptation
+(:mod:`maskrank.optim.plan`).
 """
 
 from __future__ import annotations
@@ -39,12 +50,16 @@ from maskrank.optim import (
     plan_optimizer,
     warmup_cosine_schedule,
 )
+from maskrank.optim.plan import model_no_weight_decay
 from maskrank.tasks.adaptation import (
     Adaptation,
     check_adaptation,
     check_dropout_acts,
+    init_head,
     setup_adaptation,
 )
+from maskrank.tasks.mixup import BatchMixer, MixupSpec, as_mixup_spec, soft_target_cross_entropy
+from maskrank.tasks.pretrain import effective_batch_size
 
 
 class ImageClassifier(pl.LightningModule):
@@ -55,12 +70,18 @@ class ImageClassifier(pl.LightningModule):
         num_classes: number of classes; the CLI links it from the datamodule.
         img_size: image side in pixels; the CLI links it from the datamodule.
         in_chans: image channels; the CLI links it from the datamodule.
-        lr: peak learning rate of AdamW.
-        weight_decay: AdamW weight decay, applied to tensors with ndim >= 2 only.
+        lr: peak learning rate of AdamW; null: ``base_lr * effective_batch / 256`` (MAE's rule,
+            effective batch = batch x accumulation x processes).
+        base_lr: learning rate per 256 images, used when ``lr`` is null (MAE fine-tunes ViT-B
+            with 5e-4, ViT-L/H with 1e-3).
+        weight_decay: AdamW weight decay, applied to tensors with ndim >= 2 only, never to the
+            ViT's ``no_weight_decay()`` names (``pos_embed``, ``cls_token``), as MAE fine-tunes.
         betas: AdamW betas.
         warmup_fraction: fraction of the total optimizer steps spent in linear warmup.
         min_lr_ratio: final learning rate of the cosine decay, as a fraction of ``lr``.
-        label_smoothing: cross-entropy label smoothing in [0, 1).
+        label_smoothing: cross-entropy label smoothing in [0, 1); with ``mixup`` it is folded
+            into the mixed targets instead (validation and test always use plain cross entropy
+            with this smoothing).
         fused_adamw: use torch's fused AdamW kernel (None: fused on CPU and CUDA).
         encoder_ckpt: start from the encoder of this checkpoint (an MAE pretraining or classifier
             checkpoint, or a timm ViT state_dict); the head stays freshly initialised.
@@ -88,6 +109,15 @@ class ImageClassifier(pl.LightningModule):
         optimizer: ``adamw`` (default) or ``galore_adamw`` with ``rank``, ``update_proj_gap``,
             ``scale``, ``proj_type``, ``targets`` (``maskrank.optim.OptimizerSpec``; SCIENCE.md
             §8); every non-target parameter stays on AdamW (with ``layer_decay``'s groups).
+        mixup: mix training batches on the device (``maskrank.tasks.mixup.MixupSpec``:
+            ``mixup_alpha`` 0.8, ``cutmix_alpha`` 1.0, ``cutmix_minmax``, ``prob`` 1.0,
+            ``switch_prob`` 0.5, ``mode`` batch/pair/elem: MAE's values) and train on the soft
+            targets with ``label_smoothing`` folded in; null: off. Needs an even
+            ``data.batch_size``. ``train/acc`` then counts a prediction right when it is the
+            class with the largest share of the mixed target (the argmax of the soft target).
+        head_init_std: re-draw the linear head's weight from a normal truncated at 2 std with
+            this std (bias 0) after the encoder is loaded, as MAE does before fine-tuning (2e-5:
+            the first logits are near 0); null keeps timm's init (std 0.02).
     """
 
     def __init__(
@@ -96,7 +126,8 @@ class ImageClassifier(pl.LightningModule):
         num_classes: int = 10,
         img_size: int = 32,
         in_chans: int = 3,
-        lr: float = 1e-3,
+        lr: float | None = 1e-3,
+        base_lr: float = 5e-4,
         weight_decay: float = 0.05,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_fraction: float = 0.05,
@@ -110,9 +141,17 @@ class ImageClassifier(pl.LightningModule):
         layer_decay: float = 1.0,
         lora: LoRASpec | None = None,
         optimizer: OptimizerSpec | None = None,
+        mixup: MixupSpec | None = None,
+        head_init_std: float | None = None,
     ) -> None:
         super().__init__()
         spec = as_spec(vit)
+        if lr is None:  # then lr = base_lr x batch / 256
+            check_interval(base_lr, "base_lr", 0.0, low_open=True)
+        else:
+            check_interval(lr, "lr", 0.0, low_open=True)
+        if head_init_std is not None:
+            check_interval(head_init_std, "head_init_std", 0.0, low_open=True)
         if num_classes < 2:
             raise ConfigError(
                 f"{{field}} = {num_classes} must be >= 2 (set by the datamodule)", "num_classes"
@@ -136,18 +175,22 @@ class ImageClassifier(pl.LightningModule):
         # file is stored as its content, so the checkpoint does not depend on the file.
         lora_spec = as_lora_spec(lora) if adaptation == "lora" else None
         optimizer_spec = as_optimizer_spec(optimizer)
+        mixup_spec = as_mixup_spec(mixup)
         if encoder_ckpt is not None:
             encoder_ckpt = str(resolve_checkpoint(encoder_ckpt, flag_of("encoder_ckpt")))
-        self.save_hyperparameters(ignore=["vit", "dropout", "lora", "optimizer"])
+        self.save_hyperparameters(ignore=["vit", "dropout", "lora", "optimizer", "mixup"])
         self.hparams["encoder_ckpt"] = encoder_ckpt  # resolved: lora-rank reads this file later
         self.hparams["optimizer"] = asdict(optimizer_spec)
         self.hparams["vit"] = asdict(spec)
         self.hparams["lora"] = None if lora_spec is None else asdict(lora_spec)
+        self.hparams["mixup"] = None if mixup_spec is None else asdict(mixup_spec)
         self.model = spec.build(
             img_size=img_size, in_chans=in_chans, num_classes=num_classes, pretrained=pretrained
         )
         if encoder_ckpt is not None:
             load_encoder(self.model, encoder_ckpt)
+        if head_init_std is not None:
+            init_head(self.model.head, head_init_std)
         # explicit_dropout is None without a `mode: explicit` spec, else its `.rates` map the
         # hooked fc2 names to p
         dropout_specs, self.explicit_dropout = install_dropout(self.model, dropout)
@@ -157,8 +200,14 @@ class ImageClassifier(pl.LightningModule):
         rates = [s.rate for s in dropout_specs]
         check_dropout_acts(adaptation, rates, penalty_sites, layers, lora_spec)
         # After adaptation (trainable weights only) and before a strategy wraps or shards the
-        # ViT: decided by name; a bad GaLore rank or target fails here.
-        self.optimizer_plan = plan_optimizer(self.model, optimizer_spec, layer_decay)
+        # ViT: decided by name; a bad GaLore rank or target fails here. Unlike pretraining, every
+        # adaptation skips the ViT's no_weight_decay() names (MAE's fine-tuning rule).
+        self.optimizer_plan = plan_optimizer(
+            self.model, optimizer_spec, layer_decay, model_no_weight_decay(self.model)
+        )
+        self.mixer = (
+            None if mixup_spec is None else BatchMixer(mixup_spec, num_classes, label_smoothing)
+        )
         if lora_spec is not None and lora_spec.init == "gradient":
             # set once the adapters are initialised from data; a resumed fit restores it (and the
             # offset base weights), so the init never runs twice
@@ -204,10 +253,30 @@ class ImageClassifier(pl.LightningModule):
         """Class logits (B, num_classes) for normalized images (B, C, H, W)."""
         return self.model(images)
 
+    def setup(self, stage: str) -> None:
+        """Refuse an odd batch with ``mixup`` before fitting (timm mixes mirrored pairs)."""
+        if self.mixer is None or stage != "fit" or self._trainer is None:
+            return
+        datamodule = self.trainer.datamodule
+        batch = getattr(datamodule, "batch_size", None) if is_image_data(datamodule) else None
+        if isinstance(batch, int) and batch % 2:
+            raise ConfigError(
+                f"{{field}} mixes each training image with its mirror in the batch, which needs "
+                f"an even batch, but --data.batch_size is {batch}; set an even batch size or "
+                "mixup: null",
+                "mixup",
+            )
+
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        if stage == "train" and self.mixer is not None:
+            images, targets = self.mixer(images, labels)  # targets (B, K), smoothing folded in
+            logits = self(images)
+            loss = soft_target_cross_entropy(logits, targets)
+            labels = targets.argmax(dim=-1)  # train/acc: the class with the largest share
+        else:
+            logits = self(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         acc = getattr(self, f"{stage}_acc")
         acc(logits.detach(), labels)
         on_step = stage == "train"
@@ -303,12 +372,14 @@ class ImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        total_steps = self.trainer.estimated_stepping_batches  # also loads the train dataloader
+        lr = hp.lr if hp.lr is not None else hp.base_lr * effective_batch_size(self.trainer) / 256
         # every trainable parameter lives in the ViT (its head included)
         spec = as_optimizer_spec(hp.get("optimizer"))
         optimizer = build_optimizer(
             self.model,
             spec,
-            hp.lr,
+            lr,
             hp.weight_decay,
             tuple(hp.betas),
             hp.fused_adamw,
@@ -317,6 +388,6 @@ class ImageClassifier(pl.LightningModule):
             strategy=type(self.trainer.strategy).__name__,
         )
         schedule = warmup_cosine_schedule(
-            optimizer, self.trainer.estimated_stepping_batches, hp.warmup_fraction, hp.min_lr_ratio
+            optimizer, total_steps, hp.warmup_fraction, hp.min_lr_ratio
         )
         return {"optimizer": optimizer, "lr_scheduler": schedule}

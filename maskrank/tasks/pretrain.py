@@ -179,6 +179,14 @@ class MAEPretraining(pl.LightningModule):
                     f"{{field}} must be >= 1, got {probe_every_n_steps}", "probe_every_n_steps"
                 )
         spec = as_spec(vit)
+        if spec.global_pool != "token" or spec.fc_norm:
+            # timm then makes the encoder's final norm an identity, and MAE's encoder ends in it
+            raise ConfigError(
+                f"{{field}} = {spec.global_pool!r} with fc_norm {spec.fc_norm!r} is a fine-tuning "
+                "head: MAE pretraining needs global_pool: token and no fc_norm (the encoder's "
+                "final LayerNorm); set them in the fine-tune config instead",
+                "vit.global_pool",
+            )
         self.masking = MaskingSpec(mask_ratio, mask_ratio_range, mask_ratio_end, masking)
         optimizer_spec = as_optimizer_spec(optimizer)
         self.save_hyperparameters(ignore=["vit", "dropout", "optimizer"])

@@ -243,9 +243,9 @@ ROWS = {
         lambda f: ["model.init_args.mask_ratio_range", "high-to-low"],
     ),
     # settings that leave nothing to learn (the tiny MAE has 16 patches)
-    "mask ratio masking no patch after rounding": Row(
-        lambda f: _fit(f.mae, MASK_RATIO, 0.03125),  # round(16 x 0.96875) = 16 visible
-        lambda f: ["model.init_args.mask_ratio = 0.03125", "none of the model's 16 patches"],
+    "mask ratio masking no patch": Row(
+        lambda f: _fit(f.mae, MASK_RATIO, 0.0),  # int(16 x 1.0) = 16 visible
+        lambda f: ["model.init_args.mask_ratio = 0.0", "none of the model's 16 patches"],
     ),
     "mask-ratio range starting at a ratio masking no patch": Row(
         lambda f: _fit(f.mae, "--model.init_args.mask_ratio_range", "[0.0, 0.5]"),
@@ -254,6 +254,10 @@ ROWS = {
     "mask-ratio schedule ending at a ratio masking no patch": Row(
         lambda f: _fit(f.mae, "--model.init_args.mask_ratio_end", 0.0),
         lambda f: ["model.init_args.mask_ratio_end = 0.0", "masks none"],
+    ),
+    "a fine-tuning head on the pretraining encoder": Row(
+        lambda f: _fit(f.mae, "--model.init_args.vit.global_pool", "avg"),
+        lambda f: ["model.init_args.vit.global_pool = 'avg'", "global_pool: token"],
     ),
     "grid masking with a drawn or scheduled ratio": Row(
         lambda f: _fit(f.mae, "--model.init_args.masking", "grid"),  # the tiny MAE draws a ratio

@@ -7,7 +7,9 @@ process group: collectives do nothing, sharding happens as with two processes): 
 ``_fsdp_wrapped_module.`` inside the blocks) and FSDP2 (``fully_shard`` as in
 ``ModelParallelStrategy.configure_model``: every parameter becomes a DTensor). The task's own
 ``configure_optimizers`` then has to produce, name for name, the groups (decay, lr, trainables)
-it produces unwrapped; GaLore, which needs each target's whole matrix, is refused in one line.
+it produces unwrapped, with the stage's no-decay names (none for pretraining, the ViT's
+``no_weight_decay()`` for the classifier); GaLore, which needs each target's whole matrix, is
+refused in one line.
 """
 
 from __future__ import annotations
@@ -84,6 +86,16 @@ def test_sharded_groups_equal_unwrapped_groups_by_name(process_group, case, wrap
     decayed = {n for names, _, wd, _ in expected if wd > 0 for n in names}
     trainable = {n for names, *_ in expected for n in names}
     assert decayed and not any(n.endswith(".bias") for n in decayed)
+    # the no-decay set by name: MAE pretraining decays its 3-D tokens; every later stage skips
+    # the ViT's no_weight_decay() names, whether they train (finetune) or are frozen
+    skipped = {"pos_embed", "cls_token", "dist_token", "reg_token"}
+    assert task.optimizer_plan.no_weight_decay == (set() if case == "pretrain" else skipped)
+    if case == "pretrain":
+        assert {"mae.encoder.cls_token", "mae.mask_token"} <= decayed
+    else:
+        assert not {n for n in decayed if n.rsplit(".", 1)[-1] in skipped}
+    if case == "finetune_layer_decay":
+        assert {"model.pos_embed", "model.cls_token"} <= trainable - decayed
     if case in ("pretrain", "finetune_layer_decay"):
         assert {"mae.encoder.blocks.0.attn.qkv.weight", "model.blocks.0.attn.qkv.weight"} & decayed
     if case == "finetune_layer_decay":

@@ -6,7 +6,9 @@ evaluation crop is the centre crop of :class:`~maskrank.data.images.crops.CropSp
 ``(images uint8 (B, C, S, S), labels int64 (B,))`` like every other maskrank dataset.
 
 Determinism: sample ``i`` of epoch ``e`` is cropped with ``crop_rng(seed, e, i)``, whichever worker
-decodes it, so a run resumed mid-epoch sees the crops the uninterrupted run saw. The epoch lives in
+decodes it, so a run resumed mid-epoch sees the crops the uninterrupted run saw. An optional
+RandAugment of the training crop (:class:`~maskrank.data.images.auto_augment.SeededRandAugment`)
+is seeded from the same ``(seed, e, i)``. The epoch lives in
 a shared-memory tensor that :class:`~maskrank.data.order.ResumableDataLoader` sets from its
 sampler before each epoch's workers get their first indices.
 
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
+from maskrank.data.images.auto_augment import SeededRandAugment
 from maskrank.data.images.crops import CropSpec, crop_rng
 from maskrank.data.images.decode import decode_crop
 from maskrank.data.images.files import CorruptImageError
@@ -44,6 +47,8 @@ class CroppedImageFiles(Dataset[tuple[Tensor, int]]):
         in_chans: 3 (RGB) or 1 (grey).
         seed: seed of the per-sample crop generators.
         skip_bad: leave unreadable files out of their batch (and count them) instead of raising.
+        auto_augment: RandAugment applied to training crops (``spec.train``) after the crop and
+            flip; None: none.
     """
 
     def __init__(
@@ -53,8 +58,10 @@ class CroppedImageFiles(Dataset[tuple[Tensor, int]]):
         in_chans: int,
         seed: int = 0,
         skip_bad: bool = False,
+        auto_augment: SeededRandAugment | None = None,
     ) -> None:
         self.samples = list(samples)
+        self.auto_augment = auto_augment
         self.spec = spec
         self.in_chans = in_chans
         self.seed = int(seed)
@@ -84,7 +91,10 @@ class CroppedImageFiles(Dataset[tuple[Tensor, int]]):
         path = self.samples[index][0]
         epoch = self.epoch if epoch is None else int(epoch)
         rng = crop_rng(self.seed, epoch, index) if self.spec.train else None
-        return decode_crop(path, self.spec, rng, self.in_chans)[0]
+        image = decode_crop(path, self.spec, rng, self.in_chans)[0]
+        if self.spec.train and self.auto_augment is not None:
+            image = self.auto_augment(image, self.seed, epoch, index)
+        return image
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         """One ``(image uint8 (C, S, S), label)`` pair."""
@@ -119,9 +129,13 @@ class CroppedImageFiles(Dataset[tuple[Tensor, int]]):
     def with_spec(self, spec: CropSpec, seed: int | None = None) -> CroppedImageFiles:
         """The same files with another crop (and seed; None keeps this one's)."""
         seed = self.seed if seed is None else seed
-        return CroppedImageFiles(self.samples, spec, self.in_chans, seed, self.skip_bad)
+        return CroppedImageFiles(
+            self.samples, spec, self.in_chans, seed, self.skip_bad, self.auto_augment
+        )
 
     def subset(self, indices: Tensor) -> CroppedImageFiles:
         """The files at ``indices``, in that order, with the same crop settings."""
         picked = [self.samples[int(i)] for i in indices]
-        return CroppedImageFiles(picked, self.spec, self.in_chans, self.seed, self.skip_bad)
+        return CroppedImageFiles(
+            picked, self.spec, self.in_chans, self.seed, self.skip_bad, self.auto_augment
+        )
