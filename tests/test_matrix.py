@@ -55,7 +55,7 @@ TASKS: dict[str, dict] = {
             _MONITOR,
             _callback("OnlineKNN", every_n_epochs=1, bank_size=32, probe_size=16, k=5),
             _callback("ReconstructionLogger", every_n_epochs=1, num_images=4),
-            _callback("WeightSpectrumMonitor", every_n_steps=1, subspace_k=2),
+            _callback("WeightSpectrumMonitor", every_n_steps=2, subspace_k=2),
             _callback("DropoutPenaltyMonitor", every_n_epochs=1, probe_size=16),
             _callback("TrainingCost"),
         ],
@@ -115,7 +115,7 @@ def _config(tmp_path: Path, task: dict, data: dict) -> Path:
         "seed_everything": 0,
         "trainer": {
             "max_epochs": 1,
-            "limit_train_batches": 3,
+            "limit_train_batches": 2,
             "limit_val_batches": 1,
             "log_every_n_steps": 1,
             "num_sanity_val_steps": 0,

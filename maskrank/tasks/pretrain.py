@@ -26,7 +26,13 @@ from maskrank.metrics import uniformity_loss
 from maskrank.models.dropout import DropoutSpec
 from maskrank.models.dropout_apply import install_dropout
 from maskrank.models.features import EncoderFeatures
-from maskrank.models.mae import AttentionImpl, MaskedAutoencoder, patchify, unpatchify
+from maskrank.models.mae import (
+    AttentionImpl,
+    MaskedAutoencoder,
+    masked_mse,
+    patchify,
+    unpatchify,
+)
 from maskrank.models.masking import MaskingSpec, Strategy
 from maskrank.models.vit import ViTSpec, as_spec
 from maskrank.optim import (
@@ -308,10 +314,14 @@ class MAEPretraining(pl.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         images = batch[0]
         ratio = self.masking.eval_ratio
-        loss, _, _, latent = self.mae.forward_with_latent(
+        loss, pred, mask, latent = self.mae.forward_with_latent(
             images, ratio, self.masking.strategy, self._val_generator
         )
         self.log("val/loss", loss, prog_bar=True, batch_size=images.shape[0], sync_dist=True)
+        # The loss of predicting zeros on the same masked patches: the level val/loss is read
+        # against (with norm_pix_loss each target patch has mean 0, variance 1: about (P-1)/P).
+        trivial = masked_mse(torch.zeros_like(pred), self.mae.target(images), mask)
+        self.log("val/loss_trivial", trivial, batch_size=images.shape[0], sync_dist=True)
         if self.online_probe is not None:
             logits = self.online_probe(self._probe_features(images, latent))
             accuracy = (logits.argmax(dim=1) == batch[1]).float().mean()

@@ -142,3 +142,18 @@ def test_mae_encoder_starts_probe_and_finetune_with_either_pooling(
     data = TensorDataset(torch.randn(16, 3, 32, 32), torch.arange(16) % 4)
     trainer.fit(clf, DataLoader(data, batch_size=8))
     assert torch.isfinite(clf.model(torch.randn(2, 3, 32, 32))).all()
+
+
+@pytest.mark.parametrize("norm_pix_loss", [True, False])
+def test_val_loss_trivial_is_the_loss_of_predicting_zeros(tmp_path, tiny_spec, norm_pix_loss):
+    model = _pretrain(tiny_spec, norm_pix_loss=norm_pix_loss)
+    trainer = _trainer(tmp_path)
+    trivial = trainer.validate(model, _loader(), verbose=False)[0]["val/loss_trivial"]
+    if norm_pix_loss:  # each 8x8x3 target patch has mean 0 and unbiased variance 1
+        assert trivial == pytest.approx(191 / 192, rel=1e-4)
+    with torch.no_grad():  # a decoder that predicts zeros scores exactly the trivial level
+        model.mae.decoder_pred.weight.zero_()
+        model.mae.decoder_pred.bias.zero_()
+    zero = trainer.validate(model, _loader(), verbose=False)[0]
+    assert zero["val/loss"] == pytest.approx(trivial, rel=1e-6)
+    assert zero["val/loss_trivial"] == trivial
