@@ -91,6 +91,7 @@ def test_results_table_has_a_row_per_cell_and_the_metric_columns(grid_sweep):
         "seed",
         "train/loss",
         "val/loss",
+        "val/loss_trivial",  # the level val/loss is read against
     ]
     assert [float(r["model.init_args.vit.proj_drop_rate"]) for r in rows] == [0.0, 0.1, 0.0, 0.1]
     assert all(float(r["val/loss"]) > 0 for r in rows)
@@ -113,7 +114,11 @@ def test_every_cell_has_an_hparams_session(grid_sweep):
         experiment = plugin_data_pb2.HParamsPluginData.FromString(
             content["_hparams_/experiment"]
         ).experiment
-        assert {m.name.tag for m in experiment.metric_infos} == {"train/loss", "val/loss"}
+        assert {m.name.tag for m in experiment.metric_infos} == {
+            "train/loss",
+            "val/loss",
+            "val/loss_trivial",
+        }
 
 
 def test_resume_runs_only_the_unfinished_cell(grid_sweep, tmp_path):
