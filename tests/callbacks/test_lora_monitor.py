@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
 
 from maskrank.callbacks.lora import LoRASpectrumMonitor, lora_singular_values
 from maskrank.data import SyntheticLowRank
-from maskrank.metrics import singular_values
-from maskrank.models.lora import LoRASpec, apply_lora, delta_weight
+from maskrank.metrics import effective_rank, singular_values
+from maskrank.models.lora import LoRASpec, apply_lora, delta_weight, lora_layers
 from maskrank.tasks import ImageClassifier
 from testkit.events import event_tags
 from testkit.tiny import TINY_VIT
@@ -41,9 +42,14 @@ def test_monitor_logs_per_module_and_means_during_fit(tmp_path):
     )
     data = SyntheticLowRank(num_classes=4, class_rank=2, train_size=64, val_size=16, batch_size=16)
     trainer.fit(model, datamodule=data)
-    m = monitor.last_metrics
-    assert 1 <= m["lora/enc.b00.qkv/effective_rank"] <= 4
-    assert m["lora/enc.qkv_mean/frobenius_norm"] > 0  # B moved off zero
+    m = monitor.last_metrics  # measured at step 4, the weights the fit ended with
+    layers = lora_layers(model.model)
+    delta = {name: delta_weight(view).detach() for name, view in layers.items()}
+    qkv = delta["blocks.0.attn.qkv"]  # the dense (α/r) B A, (192, 64)
+    assert m["lora/enc.b00.qkv/effective_rank"] == pytest.approx(effective_rank(qkv), rel=1e-4)
+    mean_fro = sum(float(d.norm()) for n, d in delta.items() if n.endswith("qkv")) / 2
+    assert m["lora/enc.qkv_mean/frobenius_norm"] == pytest.approx(mean_fro, rel=1e-4)
+    assert mean_fro > 0  # B moved off zero
     tags = event_tags(tmp_path / "x" / "version_0")
     assert {"lora/enc.b01.fc2/energy_rank_0.9", "lora/enc.fc1_mean/stable_rank"} <= tags
 

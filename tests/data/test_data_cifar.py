@@ -106,9 +106,15 @@ def test_failed_download_explains_manual_placement(tmp_path: Path, monkeypatch) 
     assert os.path.join(str(tmp_path), "cifar-10-batches-py") in message and "\n" not in message
 
 
-def test_download_skipped_when_files_exist(tmp_path: Path, write_cifar, no_network) -> None:
-    write_cifar(tmp_path, "cifar10")
-    CIFAR10DataModule(root=str(tmp_path), download=True).prepare_data()
+def test_download_skipped_when_files_exist(tmp_path: Path, write_cifar, monkeypatch) -> None:
+    written = write_cifar(tmp_path, "cifar10")
+    calls: list[tuple] = []
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", lambda *a, **k: calls.append((a, k)))
+    dm = CIFAR10DataModule(root=str(tmp_path), download=True, batch_size=4)
+    dm.prepare_data()
+    assert calls == []  # every file is there: torchvision's download is never constructed
+    dm.setup("fit")  # the files are used as they were written
+    assert dm._split("train").labels.tolist() == sum((written[n][1] for n in TRAIN10), [])
 
 
 class _Evil:
