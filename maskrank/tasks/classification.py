@@ -30,6 +30,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torchmetrics.classification import MulticlassAccuracy
 
 from maskrank.data import is_image_data
@@ -60,6 +61,7 @@ from maskrank.tasks.adaptation import (
 )
 from maskrank.tasks.mixup import BatchMixer, MixupSpec, as_mixup_spec, soft_target_cross_entropy
 from maskrank.tasks.pretrain import effective_batch_size
+from maskrank.tasks.sharding import data_parallel_mesh, shard_model
 
 
 class ImageClassifier(pl.LightningModule):
@@ -369,6 +371,17 @@ class ImageClassifier(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.data_config = checkpoint.get("data_config")
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``: FSDP2 over the ViT's blocks and the ViT
+        (:mod:`maskrank.tasks.sharding`); a no-op under every other strategy."""
+        mesh = data_parallel_mesh(self._trainer)
+        if mesh is not None:
+            self.shard(mesh)
+
+    def shard(self, mesh: DeviceMesh) -> None:
+        """FSDP2 units: every ViT block, then the ViT around them."""
+        shard_model(self.model.blocks, self.model, mesh)
 
     def configure_optimizers(self):
         hp = self.hparams

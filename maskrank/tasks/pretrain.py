@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 
 from maskrank.data import is_image_data
 from maskrank.errors import ConfigError, check_interval
@@ -49,8 +50,11 @@ from maskrank.tasks.online_probe import (
     latent_feature,
     unmasked_feature,
 )
+from maskrank.tasks.sharding import data_parallel_mesh, shard_model
 
 VAL_MASK_SEED = 1234
+# What the steps call on the MAE instead of forward (FSDP2 gathers the weights there too).
+MAE_FORWARD_METHODS = ("training_loss_and_latent", "forward_with_latent", "encode")
 
 
 def effective_batch_size(trainer: pl.Trainer) -> int:
@@ -365,6 +369,18 @@ class MAEPretraining(pl.LightningModule):
             out["recon"] = unpatchify(merged, mae.patch, mae.grid, mae.chans)
             out["mask"] = mask
         return out
+
+    def configure_model(self) -> None:
+        """Under ``ModelParallelStrategy``: FSDP2 over the encoder blocks and the MAE
+        (:mod:`maskrank.tasks.sharding`); a no-op under every other strategy."""
+        mesh = data_parallel_mesh(self._trainer)
+        if mesh is not None:
+            self.shard(mesh)
+
+    def shard(self, mesh: DeviceMesh) -> None:
+        """FSDP2 units: every encoder block, the MAE around them, the online probe."""
+        probe = [self.online_probe] if self.online_probe is not None else []
+        shard_model(self.mae.encoder.blocks, self.mae, mesh, MAE_FORWARD_METHODS, probe)
 
     def configure_optimizers(self):
         hp = self.hparams

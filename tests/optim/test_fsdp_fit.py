@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.fsdp import configure, named_groups, tiny_sharded_mae
+from testkit.fsdp import configure, named_groups
+from testkit.tiny import tiny_mae
 
 SCRIPT = Path(__file__).parents[1] / "testkit" / "fsdp_fit.py"
 # the script imports the test helpers (testkit), as tests do
@@ -37,7 +38,7 @@ def test_fsdp_fit_on_cpu_trains_with_the_single_process_groups(tmp_path, strateg
     )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    reference = tiny_sharded_mae(lr=3e-3)
+    reference = tiny_mae(lr=3e-3)
     expected = named_groups(reference, configure(reference, strategy=None))
     full = sum(p.numel() for p in reference.parameters())
     for result in ranks:

@@ -28,7 +28,7 @@ from maskrank.models.vit import ViTSpec
 from maskrank.optim import OptimizerSpec, galore_targets, param_groups, plan_parameters
 from maskrank.optim.plan import planned_parameters
 from maskrank.tasks import ImageClassifier, MAEPretraining
-from testkit.fsdp import configure, fsdp1_wrap, fsdp2_shard, named_groups
+from testkit.fsdp import configure, fsdp1_wrap, named_groups
 from testkit.tiny import TINY_VIT, tiny_mae
 
 fake_pg = pytest.importorskip("torch.testing._internal.distributed.fake_pg")
@@ -61,7 +61,7 @@ def _shard(task, wrapper: str) -> None:
         fsdp1_wrap(task)
         assert all(p.ndim == 1 for p in task.parameters())  # flat shards, frozen ones too
     else:
-        fsdp2_shard(task, init_device_mesh("cpu", (2,)))
+        task.shard(init_device_mesh("cpu", (2,)))
         vit = task.mae if isinstance(task, MAEPretraining) else task.model
         assert all(isinstance(p, DTensor) for p in vit.parameters())
 

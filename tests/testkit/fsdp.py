@@ -4,9 +4,9 @@
   CPU. Lightning refuses ``FSDPStrategy`` without a GPU (an exact-type check) and hands torch no
   ``device_id`` on CPU, which torch then refuses ("FSDP needs a non-CPU accelerator device");
   this subclass wraps the LightningModule as the root unit with ``device_id=cpu``.
-* :class:`ShardedMAE`: the tiny MAE with the ``configure_model`` that ``ModelParallelStrategy``
-  (FSDP2) requires: ``fully_shard`` on every encoder block, then on the MAE, with the MAE's
-  training entry points registered as forward methods (so its parameters are gathered there).
+* FSDP2 needs nothing here: the tasks' own ``configure_model`` shards them under
+  ``ModelParallelStrategy`` (:mod:`maskrank.tasks.sharding`), and ``task.shard(mesh)`` does the
+  same in process.
 * :func:`named_groups`: an optimizer's groups by parameter name, for comparing runs.
 """
 
@@ -16,20 +16,14 @@ import functools
 from types import SimpleNamespace
 
 import torch
-from pytorch_lightning.strategies import FSDPStrategy, ModelParallelStrategy
+from pytorch_lightning.strategies import FSDPStrategy
 from torch import nn
 from torch.distributed.fsdp import (
     FullyShardedDataParallel,
-    fully_shard,
-    register_fsdp_forward_method,
 )
 from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
 from maskrank.tasks import MAEPretraining
-from testkit.tiny import tiny_mae
-
-# The MAE methods the tasks call instead of forward (training and validation steps).
-MAE_ENTRY_POINTS = ("training_loss_and_latent", "forward_with_latent")
 
 
 def block_units(task: nn.Module) -> set[nn.Module]:
@@ -49,37 +43,11 @@ def fsdp1_wrap(task: nn.Module) -> FullyShardedDataParallel:
     )
 
 
-def fsdp2_shard(task: nn.Module, mesh) -> None:
-    """``fully_shard`` the blocks of ``task``'s ViT, then the ViT (or MAE) itself, in place."""
-    for block in block_units(task):
-        fully_shard(block, mesh=mesh)
-    if isinstance(task, MAEPretraining):
-        fully_shard(task.mae, mesh=mesh)
-        for method in MAE_ENTRY_POINTS:
-            register_fsdp_forward_method(task.mae, method)
-    else:
-        fully_shard(task.model, mesh=mesh)
-
-
 class CpuFSDPStrategy(FSDPStrategy):
     """Lightning's FSDPStrategy (FSDP1) with the LightningModule wrapped on CPU."""
 
     def _setup_model(self, model: nn.Module) -> nn.Module:
         return fsdp1_wrap(model)
-
-
-class ShardedMAE(MAEPretraining):
-    """The MAE task with the ``configure_model`` ModelParallelStrategy (FSDP2) requires."""
-
-    def configure_model(self) -> None:
-        strategy = self.trainer.strategy
-        if isinstance(strategy, ModelParallelStrategy):
-            fsdp2_shard(self, strategy.device_mesh["data_parallel"])
-
-
-def tiny_sharded_mae(**kw) -> ShardedMAE:
-    """The tiny MAE of the callback tests (1-block decoder, lr 1e-3) as a :class:`ShardedMAE`."""
-    return tiny_mae(cls=ShardedMAE, **kw)
 
 
 def configure(task, strategy) -> torch.optim.Optimizer:

@@ -3,7 +3,7 @@ start the second process by running this file again
 (``PYTHONPATH=tests python tests/testkit/fsdp_fit.py STRATEGY OUT``).
 
 ``STRATEGY`` is ``fsdp1`` (:class:`testkit.fsdp.CpuFSDPStrategy`) or ``fsdp2``
-(``ModelParallelStrategy`` with 2-way data parallelism, :class:`testkit.fsdp.ShardedMAE`). Each
+(``ModelParallelStrategy`` with 2-way data parallelism, the task's own ``configure_model``). Each
 rank writes ``OUT/rank<R>.json``: its training losses and its optimizer's groups by name.
 """
 
@@ -19,7 +19,8 @@ from pytorch_lightning.strategies import ModelParallelStrategy
 from torch.distributed.tensor import DTensor
 
 from maskrank.data import SyntheticLowRank
-from testkit.fsdp import CpuFSDPStrategy, named_groups, tiny_sharded_mae
+from testkit.fsdp import CpuFSDPStrategy, named_groups
+from testkit.tiny import tiny_mae
 
 STEPS = 8
 
@@ -68,7 +69,7 @@ def main(which: str, out: Path) -> None:
     )
     # 4 batches of 8 per rank and epoch: 2 epochs
     data = SyntheticLowRank(num_classes=4, class_rank=2, train_size=64, val_size=16, batch_size=8)
-    trainer.fit(tiny_sharded_mae(lr=3e-3), datamodule=data)
+    trainer.fit(tiny_mae(lr=3e-3), datamodule=data)
     result = {
         "losses": record.losses,
         "groups": record.groups,
