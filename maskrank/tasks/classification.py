@@ -61,7 +61,7 @@ from maskrank.tasks.adaptation import (
 )
 from maskrank.tasks.mixup import BatchMixer, MixupSpec, as_mixup_spec, soft_target_cross_entropy
 from maskrank.tasks.pretrain import effective_batch_size
-from maskrank.tasks.sharding import data_parallel_mesh, shard_model
+from maskrank.tasks.sharding import shard_for_strategy, shard_model
 
 
 class ImageClassifier(pl.LightningModule):
@@ -375,9 +375,7 @@ class ImageClassifier(pl.LightningModule):
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: FSDP2 over the ViT's blocks and the ViT
         (:mod:`maskrank.tasks.sharding`); a no-op under every other strategy."""
-        mesh = data_parallel_mesh(self._trainer)
-        if mesh is not None:
-            self.shard(mesh)
+        shard_for_strategy(self._trainer, self.shard)
 
     def shard(self, mesh: DeviceMesh) -> None:
         """FSDP2 units: every ViT block, then the ViT around them."""

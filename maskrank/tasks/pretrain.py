@@ -50,7 +50,7 @@ from maskrank.tasks.online_probe import (
     latent_feature,
     unmasked_feature,
 )
-from maskrank.tasks.sharding import data_parallel_mesh, shard_model
+from maskrank.tasks.sharding import shard_for_strategy, shard_model
 
 VAL_MASK_SEED = 1234
 # What the steps call on the MAE instead of forward (FSDP2 gathers the weights there too).
@@ -373,9 +373,7 @@ class MAEPretraining(pl.LightningModule):
     def configure_model(self) -> None:
         """Under ``ModelParallelStrategy``: FSDP2 over the encoder blocks and the MAE
         (:mod:`maskrank.tasks.sharding`); a no-op under every other strategy."""
-        mesh = data_parallel_mesh(self._trainer)
-        if mesh is not None:
-            self.shard(mesh)
+        shard_for_strategy(self._trainer, self.shard)
 
     def shard(self, mesh: DeviceMesh) -> None:
         """FSDP2 units: every encoder block, the MAE around them, the online probe."""

@@ -14,7 +14,7 @@ The optimizer's decisions were made by name before this runs (:mod:`maskrank.opt
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import pytorch_lightning as pl
 from pytorch_lightning.strategies import ModelParallelStrategy
@@ -24,7 +24,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forwar
 
 from maskrank.errors import ConfigError
 
-__all__ = ["data_parallel_mesh", "shard_model"]
+__all__ = ["data_parallel_mesh", "shard_for_strategy", "shard_model"]
 
 
 def data_parallel_mesh(trainer: pl.Trainer | None) -> DeviceMesh | None:
@@ -49,6 +49,13 @@ def data_parallel_mesh(trainer: pl.Trainer | None) -> DeviceMesh | None:
             "number of processes"
         )
     return mesh["data_parallel"]
+
+
+def shard_for_strategy(trainer: pl.Trainer | None, shard: Callable[[DeviceMesh], None]) -> None:
+    """A task's ``configure_model``: ``shard(mesh)`` under ``ModelParallelStrategy``, else nothing."""
+    mesh = data_parallel_mesh(trainer)
+    if mesh is not None:
+        shard(mesh)
 
 
 def shard_model(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from datasets import Dataset as HFDataset
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from maskrank.data.base import InMemoryImageDataModule, Split
 from maskrank.data.heads import check_model_classes
@@ -28,8 +28,9 @@ from maskrank.data.hf.source import (
     undecoded,
 )
 from maskrank.data.images.encoded import centre_crop
+from maskrank.data.images.files import decode_dataset
 from maskrank.data.messages import require
-from maskrank.data.pairs import PairDataset, TensorPairs, keep_batch
+from maskrank.data.pairs import PairDataset, TensorPairs
 
 __all__ = ["HFDataModule", "HFImages"]
 
@@ -90,19 +91,6 @@ class HFImages(Dataset[tuple[Tensor, int]]):
         return HFImages(
             self.data, self.image, self.label, self.image_size, self.in_chans, self.where, rows
         )
-
-
-def _decode_all(images: HFImages, num_workers: int) -> TensorPairs:
-    """Decode every row through a DataLoader into one in-memory tensor pair."""
-    loader = DataLoader(
-        images,  # type: ignore[arg-type]
-        batch_size=256,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=keep_batch,
-    )
-    parts = list(loader)
-    return TensorPairs(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
 
 
 class HFDataModule(InMemoryImageDataModule):
@@ -186,4 +174,4 @@ class HFDataModule(InMemoryImageDataModule):
     def _load_split(self, split: Split) -> PairDataset:
         """The split's rows, decoded into memory when ``in_memory``."""
         source = self._sources[split]
-        return _decode_all(source, self.num_workers) if self.in_memory else source
+        return TensorPairs(*decode_dataset(source, self.num_workers)) if self.in_memory else source

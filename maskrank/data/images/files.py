@@ -36,6 +36,7 @@ __all__ = [
     "ImageFiles",
     "cache_key",
     "decode_all",
+    "decode_dataset",
     "load_cache",
     "load_image",
     "save_cache",
@@ -127,7 +128,12 @@ def decode_all(
     Returns:
         ``(images uint8 (N, C, S, S), labels int64 (N,))`` in the order of ``samples``.
     """
-    dataset = ImageFiles(samples, image_size, in_chans)
+    return decode_dataset(ImageFiles(samples, image_size, in_chans), num_workers)
+
+
+def decode_dataset(dataset: Dataset, num_workers: int = 0) -> tuple[Tensor, Tensor]:
+    """Every item of a dataset whose ``__getitems__`` returns stacked ``(uint8 (B, C, S, S),
+    int64 (B,))`` batches, decoded through a DataLoader into one tensor pair, in order."""
     loader = DataLoader(
         dataset,  # type: ignore[arg-type]
         batch_size=256,
@@ -135,13 +141,17 @@ def decode_all(
         num_workers=num_workers,
         collate_fn=keep_batch,
     )
-    images = torch.empty((len(dataset), in_chans, image_size, image_size), dtype=torch.uint8)
-    labels = torch.empty(len(dataset), dtype=torch.int64)
+    images: Tensor | None = None
+    labels = torch.empty(len(dataset), dtype=torch.int64)  # type: ignore[arg-type]
     start = 0
     for batch_images, batch_labels in loader:  # (B, C, S, S), (B,)
+        if images is None:  # one allocation: the geometry is the first batch's
+            images = batch_images.new_empty((len(labels), *batch_images.shape[1:]))
         images[start : start + len(batch_labels)] = batch_images
         labels[start : start + len(batch_labels)] = batch_labels
         start += len(batch_labels)
+    if images is None:
+        raise ValueError("decode_dataset: the dataset is empty")
     return images, labels
 
 
