@@ -87,6 +87,8 @@ class InMemoryImageDataModule(ResumePosition, pl.LightningDataModule, abc.ABC):
     # Held-out images are the stored images, resized once (bilinear) when their side differs.
     eval_interpolation: str = "bilinear"
     eval_crop_pct: float = 1.0
+    # Known only for data built with a set rank (SyntheticLowRank sets it); see contract.py.
+    intrinsic_rank: int | None = None
 
     def __init__(
         self,

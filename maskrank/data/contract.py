@@ -22,7 +22,10 @@ What a datamodule promises (every shipped one implements it; ``tests/data/test_c
 * **normalisation**: ``normalize(uint8) -> float32``, the device-side step every batch gets;
 * **held-out preprocessing**: ``eval_interpolation`` and ``eval_crop_pct`` say how a held-out image
   became ``image_size`` pixels (shorter side to ``image_size / eval_crop_pct``, centre crop), so an
-  export can hand the same preprocessing to timm.
+  export can hand the same preprocessing to timm;
+* **known structure**: ``intrinsic_rank``, the rank of the centred pixel matrix where the source
+  knows it by construction (``SyntheticLowRank``), else None; plots and the TensorBoard overview
+  draw it as a reference line.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class ImageData(Protocol):
     augment: bool
     eval_interpolation: str
     eval_crop_pct: float
+    intrinsic_rank: int | None
 
     def probe_batch(self, n: int, split: Split = "heldout") -> tuple[Tensor, Tensor]:
         """``(images uint8 (n', C, S, S), labels int64 (n',))``, ``n' = min(n, split size)``:

@@ -71,6 +71,7 @@ class StreamingDataModule(ResumePosition, pl.LightningDataModule):
     # held-out images: shorter side resized to image_size (bicubic), centre crop (images.encoded)
     eval_interpolation = "bicubic"
     eval_crop_pct = 1.0
+    intrinsic_rank: int | None = None  # stored images: not known by construction
 
     def __init__(
         self,
