@@ -403,6 +403,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="folder for table.md and results.json")
     p.add_argument("--smoke", action="store_true", help="tiny budget, seconds: a plumbing check")
     p.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="DIR",
+        help="train nothing: one table from the results.json of runs that differ only in their "
+        "seeds (e.g. one process per seed)",
+    )
+    p.add_argument(
         "--train-only",
         action="store_true",
         help="time and train the trained arms, judge nothing (for sizing a budget)",
@@ -533,10 +541,51 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"config": config, "runs": runs, "summary": summary}
 
 
+# Config entries that may differ between runs merged into one table: the seeds themselves, the
+# threads a process had, the worst probe-refit change (maximised) and the installed versions of an
+# arm not in that run.
+_MERGE_FREE = ("seeds", "threads", "probe_check_max_delta", "versions", "arms")
+
+
+def merge(dirs: Sequence[str]) -> dict[str, Any]:
+    """One result from runs of the same protocol with disjoint seeds, or a ConfigError that names
+    the first directory whose protocol differs and the setting that differs."""
+    loaded = []
+    for d in dirs:
+        path = Path(d) / "results.json"
+        if not path.is_file():
+            raise ConfigError(f"--merge {d}: no results.json there (run with --out {d} first)")
+        loaded.append((d, json.loads(path.read_text())))
+    first_dir, first = loaded[0]
+    config = dict(first["config"])
+    runs = list(first["runs"])
+    arms = list(config["arms"])
+    for d, other in loaded[1:]:
+        for key, value in other["config"].items():
+            if key not in _MERGE_FREE and config.get(key) != value:
+                raise ConfigError(
+                    f"--merge {d}: {key} is {value!r} there but {config.get(key)!r} in "
+                    f"{first_dir}; only runs that differ in their seeds merge"
+                )
+        seen = {(r["arm"], r["seed"]) for r in runs}
+        clash = [key for key in ((r["arm"], r["seed"]) for r in other["runs"]) if key in seen]
+        if clash:
+            raise ConfigError(f"--merge {d}: arm {clash[0][0]} seed {clash[0][1]} is in two runs")
+        runs += other["runs"]
+        arms += [a for a in other["config"]["arms"] if a not in arms]
+        config["seeds"] = sorted({*config["seeds"], *other["config"]["seeds"]})
+        config["probe_check_max_delta"] = max(
+            config["probe_check_max_delta"], other["config"]["probe_check_max_delta"]
+        )
+        config["threads"] = max(config["threads"], other["config"]["threads"])
+    config["arms"] = arms
+    return {"config": config, "runs": runs, "summary": summarize(runs, arms)}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        results = run(args)
+        results = merge(args.merge) if args.merge else run(args)
     except MaskRankError as err:
         print(f"compare_peer.py: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

@@ -86,6 +86,18 @@ def test_maskrank_and_random_rows_finite_and_independent_of_other_arms(peer, fol
     same = (*peer.METRICS, "final_loss", "zero_loss", "losses")
     assert {k: alone["runs"][0][k] for k in same} == {k: runs["maskrank", 1][k] for k in same}
 
+    # one process per seed, merged, gives the two-seed run's summary
+    zero = _run(peer, folder, tmp_path / "zero", "--arms", "maskrank", "--seeds", "0")
+    argv = ["--merge", str(tmp_path / "zero"), str(tmp_path / "alone")]
+    assert peer.main([*argv, "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert merged["config"]["seeds"] == [0, 1]
+    for metric in (*peer.METRICS, "final_loss"):
+        assert merged["summary"]["maskrank"][metric]["mean"] == pytest.approx(
+            both["summary"]["maskrank"][metric]["mean"], rel=1e-12
+        ), metric
+    assert zero["runs"][0]["final_loss"] == runs["maskrank", 0]["final_loss"]
+
 
 def test_missing_lightly_and_bad_flags_are_one_line_before_training(
     peer, folder, tmp_path, monkeypatch, capsys
@@ -100,3 +112,18 @@ def test_missing_lightly_and_bad_flags_are_one_line_before_training(
     assert peer.main(["--root", str(folder), "--smoke", "--batch", "999", *TINY]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--batch 999" in err
+    assert peer.main(["--merge", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no results.json" in err
+
+
+def test_merge_refuses_runs_of_different_protocols(peer, tmp_path, capsys):
+    for name, steps in (("a", 4), ("b", 5)):
+        (tmp_path / name).mkdir()
+        config = {"seeds": [0 if name == "a" else 1], "arms": ["random"], "threads": 1,
+                  "probe_check_max_delta": 0.0, "total_steps": steps}  # fmt: skip
+        result = {"config": config, "runs": [{"arm": "random", "seed": config["seeds"][0]}]}
+        (tmp_path / name / "results.json").write_text(json.dumps(result))
+    assert peer.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "total_steps is 5" in err
