@@ -23,7 +23,11 @@ Logged (``<where>`` = ``final_cls``, ``final_mean``, ``block03_cls``, ``block03_
 * ``spectrum/<where>`` histograms of the singular values (final features and tokens; every block
   too with ``all_metrics``) and a ``spectrum_plot/representation`` image: ``σ_k / σ_1`` against
   ``k`` (log scale) for the final features, and the effective rank of every block's CLS and mean
-  token. Both need a TensorBoardLogger; the scalars go to every logger.
+  token, with the data's intrinsic rank (the data contract's ``intrinsic_rank``, where known) as a
+  reference line in both panels. Both need a TensorBoardLogger; the scalars go to every logger.
+* with ``embedding``: the probe set's final CLS and mean features in TensorBoard's PROJECTOR tab,
+  with labels, class names and thumbnails, at the last measurement of a fit (and every
+  ``embedding_every_n_epochs``); files and sizes in :mod:`maskrank.callbacks.embedding`.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from torch import Tensor
 
 from maskrank.callbacks._common import (
     due_after_validation,
+    image_data,
     log_from_rank_zero,
     observed,
     probe_images,
@@ -49,12 +54,14 @@ from maskrank.callbacks._features import (
     merge_shards,
     shard_bounds,
 )
+from maskrank.callbacks.embedding import MAX_POINTS, ProbeEmbedding
 from maskrank.callbacks.lidar_views import (
     LidarSpec,
     check_augmenting,
     lidar_embeddings,
     lidar_metrics,
 )
+from maskrank.errors import ConfigError
 from maskrank.metrics import (
     alpha_req,
     covariance_eigenvalues,
@@ -90,6 +97,16 @@ class RepresentationRankMonitor(pl.Callback):
         plot: log the ``spectrum_plot/representation`` figure (TensorBoard only).
         lidar: also log LiDAR, e.g. ``{views: 8, samples: 1000}`` (``LidarSpec``); None: off.
             It embeds ``views x samples`` images, so it costs that many probe images.
+        embedding: send the probe features (final CLS and mean token) with labels, class names
+            and 32-pixel thumbnails to TensorBoard's projector (TensorBoard only): at the last
+            measurement of a fit, at every stand-alone validation, and every
+            ``embedding_every_n_epochs``. False: never.
+        embedding_every_n_epochs: also write the projector files after every this many epochs of
+            a fit; a multiple of ``every_n_epochs`` (they are the monitor's features). None: the
+            last measurement of the fit only (each write keeps its own files, see
+            :mod:`maskrank.callbacks.embedding` for their sizes).
+        embedding_points: the first this many probe points go to the projector (1 to 4096;
+            about 8 bytes per point and feature dimension, per feature, per write).
     """
 
     def __init__(
@@ -103,12 +120,16 @@ class RepresentationRankMonitor(pl.Callback):
         histograms: bool = True,
         plot: bool = True,
         lidar: LidarSpec | None = None,
+        embedding: bool = True,
+        embedding_every_n_epochs: int | None = None,
+        embedding_points: int = 1024,
     ) -> None:
         if every_n_epochs < 1 or batch_size < 1 or (probe_size is not None and probe_size < 2):
             raise ValueError(
                 "RepresentationRankMonitor: every_n_epochs and batch_size must be >= 1 and "
                 f"probe_size >= 2 or None, got {every_n_epochs}, {batch_size}, {probe_size}"
             )
+        _check_embedding(every_n_epochs, embedding_every_n_epochs, embedding_points)
         self.every_n_epochs = every_n_epochs
         self.probe_size = probe_size
         self.batch_size = batch_size
@@ -118,6 +139,12 @@ class RepresentationRankMonitor(pl.Callback):
         self.histograms = histograms
         self.plot = plot
         self.lidar = lidar
+        self.embedding = embedding
+        self.embedding_every_n_epochs = embedding_every_n_epochs
+        self.embedding_points = embedding_points
+        self._embedding = (
+            ProbeEmbedding(embedding_every_n_epochs, embedding_points) if embedding else None
+        )
         self.last_metrics: dict[str, float] = {}
         self._warned: set[str] = set()
 
@@ -126,7 +153,7 @@ class RepresentationRankMonitor(pl.Callback):
         return (
             f"every_n_epochs={self.every_n_epochs}, probe_size={self.probe_size}, "
             f"per_block={self.per_block}, token_matrix={self.token_matrix}, "
-            f"all_metrics={self.all_metrics}, lidar={self.lidar}"
+            f"all_metrics={self.all_metrics}, lidar={self.lidar}, embedding={self.embedding}"
         )
 
     def __repr__(self) -> str:
@@ -166,7 +193,14 @@ class RepresentationRankMonitor(pl.Callback):
                         skip_nonfinite(trainer, type(self).__name__, lambda: lidar_metrics(views))
                     )
                 self._log_pictures(trainer, spectra, metrics)
+                if self._embedding is not None:
+                    self._embedding.offer(trainer, features)
         self.last_metrics = log_from_rank_zero(trainer, pl_module, metrics)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the fit's last measurement goes to the projector (the features were kept on rank zero)
+        if trainer.is_global_zero and self._embedding is not None:
+            self._embedding.flush(trainer)
 
     # ------------------------------------------------------------------------------ features
     def _size(self, pl_module: pl.LightningModule) -> int:
@@ -234,16 +268,36 @@ class RepresentationRankMonitor(pl.Callback):
                 if self.all_metrics or not where.startswith("block"):
                     logger.experiment.add_histogram(f"spectrum/{where}", sv.float(), step)
         if self.plot:
-            figure = spectrum_figure(spectra, metrics)
+            data = image_data(trainer, type(self).__name__, self._warned)
+            known = data.intrinsic_rank if data is not None else None
+            figure = spectrum_figure(spectra, metrics, intrinsic_rank=known)
             logger.experiment.add_figure("spectrum_plot/representation", figure, step, close=False)
 
 
+def _check_embedding(every: int, embedding_every: int | None, points: int) -> None:
+    if embedding_every is not None and (embedding_every < 1 or embedding_every % every):
+        raise ConfigError(
+            f"RepresentationRankMonitor: embedding_every_n_epochs = {embedding_every} must be a "
+            f"positive multiple of every_n_epochs = {every} (the projector gets the monitor's "
+            "features), or None for the last measurement only"
+        )
+    if not 1 <= points <= MAX_POINTS:
+        raise ConfigError(
+            f"RepresentationRankMonitor: embedding_points = {points} must be in [1, {MAX_POINTS}]"
+        )
+
+
 def spectrum_figure(
-    spectra: dict[str, Tensor], metrics: dict[str, float], floor: float = 1e-4
+    spectra: dict[str, Tensor],
+    metrics: dict[str, float],
+    floor: float = 1e-4,
+    intrinsic_rank: int | None = None,
 ) -> Figure:
     """Left: ``σ_k / σ_1`` against ``k`` (log) for the final CLS token, the mean patch token and
     the token matrix, down to ``floor`` (below it is numerical noise); right: effective rank per
-    block, for CLS and mean tokens, on integer block ticks.
+    block, for CLS and mean tokens, on integer block ticks. A known ``intrinsic_rank`` of the data
+    is drawn in both: a vertical line at ``k = intrinsic_rank`` on the left, where a spectrum that
+    learned the data's structure drops, and a horizontal line on the right.
 
     A pyplot-free Agg figure (no global matplotlib state, safe without a display).
     """
@@ -257,6 +311,8 @@ def spectrum_figure(
             erank = metrics.get(f"rank/{where}/effective_rank")
             suffix = "" if erank is None else f" (effective rank {erank:.1f})"
             left.semilogy(range(1, sv.numel() + 1), rel.numpy(), label=label + suffix)
+    if intrinsic_rank is not None:
+        left.axvline(intrinsic_rank, **_reference_line(intrinsic_rank))
     left.set_ylim(floor, 1.5)
     left.set(xlabel="k", ylabel="σ_k / σ_1", title="singular values of the final features")
     if left.has_data():
@@ -269,8 +325,15 @@ def spectrum_figure(
         )  # [(block, effective rank)]
         if curve:
             right.plot(*zip(*curve, strict=True), marker="o", label=label)
+    if intrinsic_rank is not None:
+        right.axhline(intrinsic_rank, **_reference_line(intrinsic_rank))
     right.xaxis.set_major_locator(MaxNLocator(integer=True))
     right.set(xlabel="block", ylabel="effective rank", title="effective rank per block")
     if right.has_data():
         right.legend(fontsize=8)
     return figure
+
+
+def _reference_line(rank: int) -> dict:
+    """Matplotlib style of the intrinsic-rank reference line."""
+    return {"color": "0.4", "linestyle": "--", "linewidth": 1.0, "label": f"data's rank {rank}"}

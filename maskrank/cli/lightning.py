@@ -42,6 +42,7 @@ from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint
 from maskrank.callbacks.predictions import PredictionWriter
 from maskrank.cli.commands import commands_help
 from maskrank.cli.machine import configure_threads, warn_ignored_root_dir
+from maskrank.cli.summary import report_run
 from maskrank.errors import (
     ConfigError,
     CorruptFileError,
@@ -217,6 +218,17 @@ class MaskRankCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_ckpt_fits_model()
+
+    # The end of fit, validate and test: the run's summary, printed and written as
+    # summary.json / summary_<command>.json into the run directory (maskrank.cli.summary).
+    def after_fit(self) -> None:
+        report_run(self.trainer, "fit")
+
+    def after_validate(self) -> None:
+        report_run(self.trainer, "validate")
+
+    def after_test(self) -> None:
+        report_run(self.trainer, "test")
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> MaskRankCLI:

@@ -1,7 +1,8 @@
 """``maskrank sweep SWEEP.yaml`` and ``maskrank report DIR``: the sweep package on the command line.
 
 The sweep package never imports the CLI; this module hands it the LightningCLI parser and
-in-process fit (:data:`COMMAND_LINE`).
+in-process fit (:data:`COMMAND_LINE`). A sweep ends with one line per fit from its run directory's
+``summary.json`` (:mod:`maskrank.io.summary`): steps, best score and where the run is.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from maskrank.cli.lightning import fit_in_process, parse_error
+from maskrank.io.summary import read_summary, summary_file
+from maskrank.sweep.layout import SweepLayout
 from maskrank.sweep.report import report
 from maskrank.sweep.runner import CommandLine, SweepOutcome
 from maskrank.sweep.runner import run_sweep as _run_sweep
 
-__all__ = ["COMMAND_LINE", "report_command", "run_sweep", "sweep_command"]
+__all__ = ["COMMAND_LINE", "report_command", "run_sweep", "summary_table", "sweep_command"]
 
 COMMAND_LINE = CommandLine(parse_error=parse_error, fit=fit_in_process)
 
@@ -56,7 +59,37 @@ def sweep_command(argv: list[str]) -> None:
         help="run every fit in its own process (full isolation; needed for multi-GPU DDP)",
     )
     args = parser.parse_args(argv)
-    run_sweep(args.sweep, args.out, args.dry_run, args.subprocess, changes=args.set)
+    outcome = run_sweep(args.sweep, args.out, args.dry_run, args.subprocess, changes=args.set)
+    if not args.dry_run:
+        for line in summary_table(outcome.sweep_dir):
+            print(line)
+
+
+def summary_table(sweep_dir: str | Path) -> list[str]:
+    """One row per fit of the sweep in ``sweep_dir``: cell (and stage), global step, best score
+    and monitor, run directory; ``-`` where a fit left no ``summary.json``."""
+    layout = SweepLayout(Path(sweep_dir))
+    manifest = layout.read_manifest()
+    multi = bool(manifest["multi_stage"])
+    header = ["cell", *(["stage"] if multi else []), "step", "best", "run directory"]
+    rows = []
+    for cell in manifest["cells"]:
+        for stage in manifest["stages"]:
+            rel = cell.get("runs", {}).get(stage["name"])  # another cell's for a shared stage
+            run_dir = layout.root / rel if rel else layout.run_dir(cell["id"], stage["name"], multi)
+            summary = read_summary(summary_file(run_dir, "fit"))
+            step, best = "-", "-"
+            if summary is not None:
+                step = str(summary["global_step"])
+                if summary["best_score"] is not None:
+                    best = f"{summary['monitor']} {summary['best_score']:.4g}"
+            stage_col = [stage["name"]] if multi else []
+            rows.append([cell["id"], *stage_col, step, best, str(run_dir)])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["fits of the sweep (summary.json in each run directory):"]
+    for row in [header, *rows]:
+        lines.append("  ".join(t.ljust(w) for t, w in zip(row, widths, strict=True)).rstrip())
+    return lines
 
 
 def report_command(argv: list[str]) -> None:
