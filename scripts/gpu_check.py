@@ -162,14 +162,16 @@ def mae_rows(cfg: SimpleNamespace, device: torch.device) -> list[Row]:
 def lora_rows(cfg: SimpleNamespace, device: torch.device) -> list[Row]:
     """maskrank's vs peft's LoRA on every linear layer (bench_adapt's arms), paired rounds."""
     encoder = bench_adapt._encoder_file(cfg.lora_preset)
-    arms = {
-        name: bench_adapt.Arm(name, cfg.lora_preset, encoder) for name in ("lora_all", "peft_all")
-    }
-    for arm in arms.values():
-        arm.model.to(device)
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(cfg.lora_batch, 3, cfg.lora_img, cfg.lora_img, generator=generator)
     labels = torch.randint(0, 10, (cfg.lora_batch,), generator=generator)
+    # the batch an arm's gradient init would read (neither of these two arms has one)
+    arms = {
+        name: bench_adapt.Arm(name, cfg.lora_preset, encoder, images, labels)
+        for name in ("lora_all", "peft_all")
+    }
+    for arm in arms.values():
+        arm.model.to(device)
     images, labels = images.to(device), labels.to(device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

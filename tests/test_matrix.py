@@ -69,7 +69,7 @@ TASKS: dict[str, dict] = {
             "eval/knn_acc/final_cls",
             "eval/linear_acc/final_mean",
             "eval/online_linear_acc",
-            "weights/enc.b00.qkv/effective_rank",
+            "weights/enc.qkv_mean/effective_rank",
             "updates/enc.b01.fc1/effective_rank",
             "dropout/enc.b00.mlp/penalty",
             "cost/trainable_params",

@@ -12,6 +12,7 @@ from maskrank.callbacks.knn import OnlineKNN
 from maskrank.callbacks.lidar_views import LidarSpec
 from maskrank.callbacks.lora import LoRASpectrumMonitor
 from maskrank.callbacks.nan_guard import NonFiniteGuard
+from maskrank.callbacks.overview import TensorBoardOverview
 from maskrank.callbacks.reconstruction import ReconstructionLogger
 from maskrank.callbacks.representation import RepresentationRankMonitor
 from maskrank.callbacks.rng_state import RngStateCheckpoint
@@ -27,6 +28,7 @@ __all__ = [
     "ReconstructionLogger",
     "RepresentationRankMonitor",
     "RngStateCheckpoint",
+    "TensorBoardOverview",
     "TrainingCost",
     "WeightSpectrumMonitor",
 ]

@@ -19,12 +19,41 @@ from torch import Tensor
 from maskrank.callbacks._common import module_type_name
 from maskrank.metrics import energy_rank_key, spectrum_metrics, subspace_similarity
 
-__all__ = ["Group", "Snapshot", "batched_gram_spectra", "compute", "moved_count"]
+__all__ = [
+    "GRAD_KEYS",
+    "Group",
+    "Snapshot",
+    "UPDATE_KEYS",
+    "WEIGHT_KEYS",
+    "batched_gram_spectra",
+    "compute",
+    "default_series",
+    "moved_count",
+    "select",
+    "subspace_key",
+]
 
 _F64_EPS = torch.finfo(torch.float64).eps
 _MIN_REL_SV = 1e-4  # U_k from the Gram route is trusted (orthonormal to ~1e-8) when σ_k ≥ this·σ_1
-_WEIGHT_KEYS = ("effective_rank", "stable_rank", "spectral_norm", "nuclear_norm")
-_GRAD_KEYS = ("effective_rank", "stable_rank")
+WEIGHT_KEYS = ("effective_rank", "stable_rank", "spectral_norm", "nuclear_norm")
+UPDATE_KEYS = (
+    "effective_rank",
+    energy_rank_key(0.9),
+    energy_rank_key(0.99),
+    "moved_singular_values",
+)  # and subspace_key(k) from the second measurement on
+GRAD_KEYS = ("norm", "effective_rank", "stable_rank")
+# The default series (without all_metrics): where the update goes, per layer (its effective rank,
+# how many singular values of W it moved, how much its top subspace still turns), and the weight's
+# effective rank per layer type. The energy ranks, norms and gradient spectra answer narrower
+# questions and come with all_metrics.
+_DEFAULT_UPDATE = ("effective_rank", "moved_singular_values", "subspace_similarity_top")
+_DEFAULT_WEIGHT = ("effective_rank",)
+
+
+def subspace_key(k: int) -> str:
+    """``subspace_similarity_top<k>``: the tag leaf of the update's subspace similarity."""
+    return f"subspace_similarity_top{k}"
 
 
 @dataclass
@@ -109,6 +138,7 @@ def compute(
     moved_rtol: float,
     per_module: bool,
     summaries: bool,
+    all_metrics: bool,
 ) -> tuple[dict[str, float], dict[str, Tensor], dict[str, Tensor]]:
     """All SCIENCE.md §3 metrics of one snapshot.
 
@@ -123,6 +153,7 @@ def compute(
         moved_rtol: relative tolerance of the moved-singular-value count.
         per_module: return per-module tags.
         summaries: return the ``<type>_mean`` averages over blocks.
+        all_metrics: return every series; False: only the default ones (:func:`default_series`).
 
     Returns:
         ``(metrics, new_bases, new_sv0)``: tag -> value; name -> (m, k) basis of ``ΔW`` now (only
@@ -131,7 +162,7 @@ def compute(
     metrics: dict[str, float] = {}
     new_bases: dict[str, Tensor] = {}
     new_sv0: dict[str, Tensor] = {}
-    sim_key = f"subspace_similarity_top{subspace_k}"
+    sim_key = subspace_key(subspace_k)
     for group in snapshot.groups:
         w = group.weights.double()  # (B, m, n)
         start = torch.stack([w0[key] for key in group.keys]).double()  # (B, m, n)
@@ -145,10 +176,10 @@ def compute(
         for i, (key, name) in enumerate(zip(group.keys, group.names, strict=True)):
             sv0 = sv0_cache.get(key, new_sv0.get(key))
             spec_w = spectrum_metrics(sv=sv_w[i])
-            for metric in _WEIGHT_KEYS:
+            for metric in WEIGHT_KEYS:
                 metrics[f"weights/{name}/{metric}"] = spec_w[metric]
             spec_d = spectrum_metrics(sv=sv_d[i], energies=(0.9, 0.99))
-            for metric in ("effective_rank", energy_rank_key(0.9), energy_rank_key(0.99)):
+            for metric in UPDATE_KEYS[:3]:
                 metrics[f"updates/{name}/{metric}"] = spec_d[metric]
             metrics[f"updates/{name}/moved_singular_values"] = float(
                 moved_count(sv_w[i], sv0, moved_rtol)
@@ -168,9 +199,32 @@ def compute(
                 metrics[f"grads/{group.names[i]}/norm"] = float(norms[j])
                 if j in keep:
                     spec_g = spectrum_metrics(sv=sv_g[keep.index(j)])  # type: ignore[index]
-                    for metric in _GRAD_KEYS:
+                    for metric in GRAD_KEYS[1:]:
                         metrics[f"grads/{group.names[i]}/{metric}"] = spec_g[metric]
+    out = select(metrics, per_module=per_module, summaries=summaries, all_metrics=all_metrics)
+    return out, new_bases, new_sv0
+
+
+def default_series(tag: str, per_module: bool) -> bool:
+    """Whether ``tag`` is logged without ``all_metrics``: the update's effective rank, moved
+    singular values and subspace similarity per layer (per layer type where ``per_module`` is
+    off), and the weight's effective rank per layer type."""
+    kind, module, metric = tag.split("/")
+    mean = module.endswith("_mean")
+    if kind == "updates" and metric.startswith(_DEFAULT_UPDATE):
+        return mean != per_module
+    return kind == "weights" and metric in _DEFAULT_WEIGHT and mean
+
+
+def select(
+    metrics: dict[str, float], *, per_module: bool, summaries: bool, all_metrics: bool
+) -> dict[str, float]:
+    """The tags to log of one measurement's per-module ``metrics``: per module and/or the means
+    over blocks, every series or the default ones. The monitor's ``planned_tags`` runs the same
+    selection on placeholder values, so the tags it announces are the tags it logs."""
     out = dict(metrics) if per_module else {}
     if summaries:
         out.update(_mean_summaries(metrics))
-    return out, new_bases, new_sv0
+    if not all_metrics:
+        out = {tag: v for tag, v in out.items() if default_series(tag, per_module)}
+    return out

@@ -23,6 +23,8 @@ import time
 
 import pytorch_lightning as pl
 
+from maskrank.callbacks.overview_layout import Chart, RunPlan, exact
+
 __all__ = ["TrainingCost"]
 
 
@@ -40,6 +42,13 @@ class TrainingCost(pl.Callback):
         self._seen = 0
         self._last: float | None = None
         self._times: list[float] = []
+
+    def overview_charts(self, plan: RunPlan, pl_module: pl.LightningModule) -> list[Chart]:
+        """Seconds per training step, next to the learning rate (the parameter counts are one
+        value per fit: sweep-table columns, not curves)."""
+        if plan.steps < self.skip_first + 2:  # no timed interval: nothing logged
+            return []
+        return [Chart("optimiser", "seconds per training step", (exact("cost/step_s"),), order=3)]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._seen = 0

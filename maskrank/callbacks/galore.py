@@ -20,15 +20,17 @@ first similarity after the resume too.
 
 from __future__ import annotations
 
+import math
 from statistics import fmean
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from maskrank.callbacks._common import short_module_name
+from maskrank.callbacks.overview_layout import Chart, RunPlan, keep_logged
 from maskrank.metrics import captured_energy, subspace_similarity
 from maskrank.optim.galore import projects_rows
 
@@ -54,6 +56,51 @@ class GaLoreMonitor(pl.Callback):
         self.last_metrics: dict[str, float] = {}
         self._previous: dict[str, Tensor] = {}  # parameter name -> basis of the last refresh
         self._warned = False
+
+    def planned_tags(
+        self, optimizers: list[torch.optim.Optimizer], pl_module: nn.Module, steps: float
+    ) -> set[str]:
+        """The tags a fit of ``steps`` optimizer steps logs: ``captured_energy`` of every weight a
+        group with ``rank < min(m, n)`` projects (from the first due step), and
+        ``projection_similarity`` once a projection was refreshed (after ``update_proj_gap``
+        steps), with their means."""
+        names = {id(p): name for name, p in pl_module.named_parameters()}
+        tags: set[str] = set()
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                rank = group.get("rank")
+                for p in group["params"]:
+                    if rank is None or p.ndim != 2 or rank >= min(p.shape) or id(p) not in names:
+                        continue
+                    short = short_module_name(names[id(p)])
+                    if steps >= self.every_n_steps:
+                        tags |= {f"galore/{short}/captured_energy", "galore/mean/captured_energy"}
+                    if steps > group.get("update_proj_gap", math.inf):
+                        tags |= {
+                            f"galore/{short}/projection_similarity",
+                            "galore/mean/projection_similarity",
+                        }
+        return tags
+
+    def overview_charts(self, plan: RunPlan, pl_module: pl.LightningModule) -> list[Chart]:
+        """GaLore's captured gradient energy and the drift of its projections, every projected
+        weight and their mean (SCIENCE.md §8), for the optimizers of ``pl_module``'s trainer."""
+        optimizers = _optimizers(pl_module.trainer)
+        charts = [
+            Chart(
+                "optimiser",
+                "GaLore captured gradient energy (1: the projection keeps it all)",
+                (r"^galore/[^/]+/captured_energy$",),
+                order=1,
+            ),
+            Chart(
+                "optimiser",
+                "GaLore projection similarity at refresh (1: the subspace did not move)",
+                (r"^galore/[^/]+/projection_similarity$",),
+                order=2,
+            ),
+        ]
+        return keep_logged(charts, self.planned_tags(optimizers, pl_module, plan.steps))
 
     def _projected(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
         """(name, parameter, optimizer state, group) of every weight with a GaLore projector."""

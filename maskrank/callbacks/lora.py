@@ -23,9 +23,16 @@ from collections import defaultdict
 
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from maskrank.callbacks._common import module_type_name, sharded_skip, short_module_name
+from maskrank.callbacks.overview_layout import (
+    BLOCK_TYPES,
+    Chart,
+    RunPlan,
+    block_series,
+    keep_logged,
+)
 from maskrank.metrics import moved_singular_values, singular_values, spectrum_metrics
 from maskrank.models.lora import LoRAView, lora_layers
 from maskrank.models.lora.deep import DeepLoRALinear, deep_layers
@@ -71,6 +78,49 @@ class LoRASpectrumMonitor(pl.Callback):
         self.per_module = per_module
         self.last_metrics: dict[str, float] = {}
         self._warned: set[str] = set()
+
+    def planned_tags(self, pl_module: nn.Module) -> set[str]:
+        """The tags of one measurement, except the Deep LoRA factors' per-module ``w<l>/...``."""
+        tags: set[str] = set()
+        for name in lora_layers(pl_module):
+            short = short_module_name(name)
+            if self.per_module:
+                tags.update(f"lora/{short}/{key}" for key in _KEYS)
+            tags.update(f"lora/{module_type_name(short)}_mean/{key}" for key in _KEYS)
+        for name, layer in deep_layers(pl_module).items():
+            kind = module_type_name(short_module_name(name))
+            tags.update(
+                f"lora/{kind}_mean/w{i}/moved_sv" for i in range(1, len(layer.factors()) + 1)
+            )
+        return tags
+
+    def overview_charts(self, plan: RunPlan, pl_module: nn.Module) -> list[Chart]:
+        """How much of its rank ``r`` each update ``(α/r) B A`` uses (SCIENCE.md §6): per layer type
+        the effective rank across blocks, the energy rank 0.99 per type, and for Deep LoRA the
+        moved singular values of each factor (§8)."""
+        if plan.sharded or plan.step_measurements(self.every_n_steps) < 1:
+            return []
+        charts = [
+            Chart(
+                "adaptation",
+                f"{leaf}: LoRA ΔW effective rank",
+                (block_series("lora", leaf, "effective_rank"),),
+            )
+            for leaf in BLOCK_TYPES
+        ]
+        charts += [
+            Chart(
+                "adaptation",
+                "LoRA ΔW energy rank 0.99, mean over blocks",
+                (r"^lora/(?:enc|dec)\.[a-z0-9]+_mean/energy_rank_0\.99$",),
+            ),
+            Chart(
+                "adaptation",
+                "Deep LoRA: moved singular values per factor, mean over blocks",
+                (r"^lora/(?:enc|dec)\.[a-z0-9]+_mean/w\d+/moved_sv$",),
+            ),
+        ]
+        return keep_logged(charts, self.planned_tags(pl_module))
 
     def measure(self, pl_module: pl.LightningModule) -> dict[str, float]:
         """The tags and values of one measurement (empty for a model without adapters)."""

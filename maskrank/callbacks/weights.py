@@ -3,19 +3,23 @@
 Every ``every_n_steps`` optimizer steps, for every trainable 2-D weight whose name matches
 ``pattern`` (by default the attention ``qkv`` / ``proj`` and MLP ``fc1`` / ``fc2`` weights of the
 encoder blocks and the MAE decoder blocks; not ``patch_embed.proj``, not heads), with ``<module>``
-a short name such as ``enc.b03.qkv`` or ``dec.b01.fc2``:
+a short name such as ``enc.b03.qkv`` or ``dec.b01.fc2`` and ``<type>`` its layer type over blocks
+(``enc.qkv``, ``dec.fc2``). Logged by default, where the weights and their updates go:
 
-* ``weights/<module>/``: ``effective_rank``, ``stable_rank``, ``spectral_norm``, ``nuclear_norm``
-  of ``W``;
-* ``updates/<module>/``: ``effective_rank``, ``energy_rank_0.9``, ``energy_rank_0.99`` of
-  ``ΔW = W - W0`` (``W0``: the weights at the start of the fit), ``moved_singular_values`` (how many
-  singular values of ``W`` differ from those of ``W0`` by more than ``moved_rtol``), and
-  ``subspace_similarity_top<k>``: ``‖U_tᵀU_s‖_F² / k`` between the top-``k`` left singular vectors
-  of ``ΔW`` now and at the previous measurement (from the second measurement on);
+* ``updates/<module>/effective_rank`` of ``ΔW = W - W0`` (``W0``: the weights at the start of the
+  fit), ``updates/<module>/moved_singular_values`` (how many singular values of ``W`` differ from
+  those of ``W0`` by more than ``moved_rtol``) and ``updates/<module>/subspace_similarity_top<k>``
+  (``‖U_tᵀU_s‖_F² / k`` between the top-``k`` left singular vectors of ``ΔW`` now and at the
+  previous measurement; from the second measurement on);
+* ``weights/<type>_mean/effective_rank``: the weight's effective rank, averaged over blocks.
+
+With ``all_metrics`` also, per module and as ``<kind>/<type>_mean/<metric>`` averages:
+
+* ``weights/<module>/``: ``effective_rank``, ``stable_rank``, ``spectral_norm``, ``nuclear_norm``;
+* ``updates/<module>/``: ``energy_rank_0.9``, ``energy_rank_0.99`` besides the defaults;
 * ``grads/<module>/``: ``norm`` (``‖G‖_F``) and, while it exceeds ``grad_norm_floor``,
   ``effective_rank`` and ``stable_rank`` of the gradient of the step just taken (captured unscaled
-  in ``on_before_optimizer_step``, only on measured steps);
-* ``<kind>/<type>_mean/<metric>``: the average over blocks, e.g. ``updates/enc.qkv_mean/...``.
+  in ``on_before_optimizer_step``, only on measured steps and only with ``all_metrics``).
 
 Weights are replicated under DDP, so only rank zero measures. The work is a few batched ``eigh``
 calls on CPU copies; with ``background`` it runs in a thread while training goes on, and each result
@@ -36,7 +40,23 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from maskrank.callbacks._common import sharded_skip, short_module_name
-from maskrank.callbacks._weight_spectra import Group, Snapshot, compute
+from maskrank.callbacks._weight_spectra import (
+    GRAD_KEYS,
+    UPDATE_KEYS,
+    WEIGHT_KEYS,
+    Group,
+    Snapshot,
+    compute,
+    select,
+    subspace_key,
+)
+from maskrank.callbacks.overview_layout import (
+    BLOCK_TYPES,
+    Chart,
+    RunPlan,
+    block_series,
+    keep_logged,
+)
 
 __all__ = ["DEFAULT_WEIGHT_PATTERN", "WeightSpectrumMonitor"]
 
@@ -63,6 +83,10 @@ class WeightSpectrumMonitor(pl.Callback):
             one of ``W0`` by more than this fraction.
         per_module: log a tag per weight; False keeps only the per-type averages.
         summaries: log the per-type averages over blocks (``<kind>/<type>_mean/<metric>``).
+        all_metrics: log every series (weight norms and ranks per module, energy ranks of the
+            update, gradient spectra); the default keeps the update's effective rank, moved
+            singular values and subspace similarity per layer and the weight's effective rank
+            per layer type.
         background: compute in a background thread (training only waits for the CPU copies);
             None: when the model is on an accelerator (on a CPU-only run a thread would compete
             with training for the same cores).
@@ -77,6 +101,7 @@ class WeightSpectrumMonitor(pl.Callback):
         moved_rtol: float = 1e-2,
         per_module: bool = True,
         summaries: bool = True,
+        all_metrics: bool = False,
         background: bool | None = None,
     ) -> None:
         if every_n_steps < 1 or subspace_k < 1 or grad_norm_floor < 0 or not 0 < moved_rtol < 1:
@@ -92,6 +117,7 @@ class WeightSpectrumMonitor(pl.Callback):
         self.moved_rtol = moved_rtol
         self.per_module = per_module
         self.summaries = summaries
+        self.all_metrics = all_metrics
         self.background = background
         self.last_metrics: dict[str, float] = {}
         self._w0: dict[str, Tensor] | None = None  # name -> W0 on the CPU (rank zero only)
@@ -108,7 +134,8 @@ class WeightSpectrumMonitor(pl.Callback):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(every_n_steps={self.every_n_steps}, pattern={self.pattern!r}, "
-            f"subspace_k={self.subspace_k}, grad_norm_floor={self.grad_norm_floor})"
+            f"subspace_k={self.subspace_k}, grad_norm_floor={self.grad_norm_floor}, "
+            f"all_metrics={self.all_metrics})"
         )
 
     # ------------------------------------------------------------------------------ selection
@@ -119,6 +146,52 @@ class WeightSpectrumMonitor(pl.Callback):
             for name, p in module.named_parameters()
             if p.ndim == 2 and p.requires_grad and self._regex.search(name)
         }
+
+    def planned_tags(self, module: nn.Module, measurements: float = 2) -> set[str]:
+        """The tags a fit of ``module`` with ``measurements`` measurements logs (the gradient rank
+        tags as if every gradient were above the floor): the selection of :meth:`_compute`, run
+        on placeholder values."""
+        if measurements < 1:
+            return set()
+        placeholders: dict[str, float] = {}
+        for name, p in self.matched_parameters(module).items():
+            short = short_module_name(name)
+            keys = [f"weights/{short}/{m}" for m in WEIGHT_KEYS]
+            keys += [f"updates/{short}/{m}" for m in UPDATE_KEYS]
+            if measurements >= 2 and min(p.shape) >= self.subspace_k:
+                keys.append(f"updates/{short}/{subspace_key(self.subspace_k)}")
+            if self.all_metrics:
+                keys += [f"grads/{short}/{m}" for m in GRAD_KEYS]
+            placeholders.update(dict.fromkeys(keys, 0.0))
+        selected = select(
+            placeholders,
+            per_module=self.per_module,
+            summaries=self.summaries,
+            all_metrics=self.all_metrics,
+        )
+        return set(selected)
+
+    def overview_charts(self, plan: RunPlan, module: nn.Module) -> list[Chart]:
+        """Per layer type, one chart across blocks each of the update's effective rank, its
+        moved singular values and its subspace similarity; and the weights' effective rank per
+        layer type (SCIENCE.md §3). Only charts this fit fills."""
+        if plan.sharded:
+            return []
+        tags = self.planned_tags(module, plan.step_measurements(self.every_n_steps))
+        similarity = subspace_key(self.subspace_k)
+        rows = (
+            ("effective_rank", "update effective rank"),
+            ("moved_singular_values", "moved singular values"),
+            (similarity, f"update subspace similarity (top {self.subspace_k})"),
+        )
+        charts = [
+            Chart("weights and updates", f"{leaf}: {what}", (block_series("updates", leaf, key),))
+            for key, what in rows
+            for leaf in BLOCK_TYPES
+        ]
+        pattern = r"^weights/(?:enc|dec)\.[a-z0-9]+_mean/effective_rank$"
+        charts.append(Chart("weights and updates", "weight effective rank per type", (pattern,)))
+        return keep_logged(charts, tags)
 
     def _due(self, step: int) -> bool:
         return step > 0 and step % self.every_n_steps == 0
@@ -152,8 +225,8 @@ class WeightSpectrumMonitor(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         step = trainer.global_step + 1  # the step this optimizer step completes
-        if self._w0 is None or not trainer.loggers or not self._due(step):
-            return
+        if not self.all_metrics or self._w0 is None or not trainer.loggers or not self._due(step):
+            return  # gradient spectra are all_metrics series: no copy without them
         grads = {
             name: p.grad.detach()
             for name, p in self.matched_parameters(pl_module).items()
@@ -236,6 +309,7 @@ class WeightSpectrumMonitor(pl.Callback):
             moved_rtol=self.moved_rtol,
             per_module=self.per_module,
             summaries=self.summaries,
+            all_metrics=self.all_metrics,
         )
         return snapshot.step, metrics, bases, sv0
 

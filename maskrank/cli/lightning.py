@@ -38,7 +38,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 import maskrank.data  # noqa: F401  (registers the datamodules for --data NAME)
 import maskrank.tasks  # noqa: F401  (registers the tasks for --model NAME)
-from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint
+from maskrank.callbacks import NonFiniteGuard, RngStateCheckpoint, TensorBoardOverview
 from maskrank.callbacks.predictions import PredictionWriter
 from maskrank.cli.commands import commands_help
 from maskrank.cli.machine import configure_threads, warn_ignored_root_dir
@@ -59,6 +59,7 @@ ALWAYS_ON = {
     "checkpoint": ModelCheckpoint,
     "lr_monitor": LearningRateMonitor,
     "predictions": PredictionWriter,  # predict only: writes <run dir>/predictions.pt
+    "overview": TensorBoardOverview,  # fit with a logger: the custom-scalars overview layout
 }
 
 DEFAULT_LOGGER = {
@@ -79,6 +80,8 @@ def _facility_on(key: str, trainer_config: dict[str, Any], subcommand: str | Non
         return trainer_config.get("enable_checkpointing") is not False
     if key == "lr_monitor":
         return trainer_config.get("logger") not in (False, None, [])
+    if key == "overview":
+        return subcommand == "fit" and trainer_config.get("logger") not in (False, None, [])
     return True
 
 

@@ -17,9 +17,9 @@ CALLBACKS = [
     },
     {
         "class_path": "maskrank.callbacks.WeightSpectrumMonitor",
-        "init_args": {"every_n_steps": 2, "subspace_k": 4},
+        "init_args": {"every_n_steps": 2, "subspace_k": 4, "all_metrics": True},
     },
-    {"class_path": "maskrank.callbacks.DropoutPenaltyMonitor", "init_args": {"probe_size": 16}},
+    {"class_path": "maskrank.callbacks.DropoutPenaltyMonitor", "init_args": {"probe_size": 16, "all_metrics": True}},
 ]
 
 

@@ -77,10 +77,9 @@ def test_two_process_ddp_fit_matches_one_process_at_the_same_global_batch(tmp_pa
     ddp_curve, ddp_ranks, ddp_weights = _fit(2, tmp_path)
 
     assert len(one_curve) == len(ddp_curve) == 8  # 2 epochs x 64 / 16
-    # the first step sees the same weights and the same 16 images: equal up to summation order
-    assert ddp_curve[0] == pytest.approx(one_curve[0], rel=1e-6)
-    # later steps drift only by float rounding, far below the step-to-step change of the loss
-    assert ddp_curve == pytest.approx(one_curve, rel=1e-4)
+    # every step sees the same weights (up to rounding) and the same 16 images: equal up to
+    # summation order (6.2e-7 measured), far below the step-to-step change of the loss
+    assert ddp_curve == pytest.approx(one_curve, rel=1e-6)
     assert float(torch.tensor(one_curve).diff().abs().max()) > 1e-2
     # AdamW divides by sqrt(second moment), which magnifies rounding in near-zero gradients for a
     # few entries; a third of one step (lr 3e-3) bounds that, while another data order would move
@@ -91,4 +90,4 @@ def test_two_process_ddp_fit_matches_one_process_at_the_same_global_batch(tmp_pa
     assert one_ranks and one_ranks.keys() == ddp_ranks.keys()
     assert "rank/final_cls/effective_rank" in one_ranks
     for key, value in one_ranks.items():
-        assert ddp_ranks[key] == pytest.approx(value, rel=1e-4), key
+        assert ddp_ranks[key] == pytest.approx(value, rel=1e-5), key  # 1.9e-6 measured

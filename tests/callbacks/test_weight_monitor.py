@@ -17,6 +17,7 @@ from maskrank.metrics import (
 )
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import ImageClassifier
+from testkit.events import event_tags
 from testkit.tiny import TINY_VIT, tiny_data, tiny_mae
 
 
@@ -58,6 +59,7 @@ def test_metrics_match_the_metric_functions():
     grad = torch.randn(24, 8, generator=gen, dtype=torch.float64)
     key, name = "a.blocks.0.attn.qkv.weight", "enc.b00.qkv"
     kw = dict(subspace_k=2, grad_norm_floor=0.0, moved_rtol=1e-2, per_module=True, summaries=True)
+    kw["all_metrics"] = True
     sv0: dict = {}
     first, bases, new_sv0 = compute(_snapshot(1, w1, grad), {key: w0}, sv0, {}, **kw)
     sv0.update(new_sv0)
@@ -99,7 +101,7 @@ def test_batched_gram_spectra_match_singular_values():
 def test_gradient_metrics_skipped_below_the_floor():
     w0 = torch.randn(16, 8, dtype=torch.float64)
     grad = 1e-7 * torch.randn(16, 8, dtype=torch.float64)  # ‖G‖ ~ 1e-6
-    kw = dict(subspace_k=2, moved_rtol=1e-2, per_module=True, summaries=True)
+    kw = dict(subspace_k=2, moved_rtol=1e-2, per_module=True, summaries=True, all_metrics=True)
     snap = _snapshot(1, w0 + 1.0, grad)
     low, _, _ = compute(snap, {snap.groups[0].keys[0]: w0}, {}, {}, grad_norm_floor=1e-3, **kw)
     assert "grads/enc.b00.qkv/norm" in low
@@ -109,7 +111,7 @@ def test_gradient_metrics_skipped_below_the_floor():
 
 
 def test_floor_in_a_fit(make_trainer):
-    monitor = WeightSpectrumMonitor(every_n_steps=2, grad_norm_floor=1e9)
+    monitor = WeightSpectrumMonitor(every_n_steps=2, grad_norm_floor=1e9, all_metrics=True)
     make_trainer([monitor], limit_val_batches=0).fit(tiny_mae(), datamodule=tiny_data())
     tags = monitor.last_metrics
     assert "grads/enc.b00.qkv/norm" in tags and "weights/enc.b00.qkv/effective_rank" in tags
@@ -148,3 +150,40 @@ def test_background_thread_logs_the_same_values(make_trainer):
         make_trainer([monitor], limit_val_batches=0).fit(tiny_mae(), datamodule=tiny_data())
         results.append(monitor.last_metrics)
     assert results[0] == results[1]
+
+
+_TYPES = [(w, leaf) for w in ("enc", "dec") for leaf in ("qkv", "proj", "fc1", "fc2")]
+
+
+@pytest.mark.parametrize("per_module", [True, False])
+def test_default_series_are_where_the_update_goes_and_planned_exactly(
+    make_trainer, tmp_path, per_module
+):
+    monitor = WeightSpectrumMonitor(every_n_steps=2, per_module=per_module)
+    model = tiny_mae()
+    make_trainer([monitor], limit_val_batches=0).fit(model, datamodule=tiny_data())
+    (run,) = (tmp_path / "runs" / "exp").glob("version_*")
+    logged = {t for t in event_tags(run) if t.startswith(("weights/", "updates/", "grads/"))}
+    assert logged == monitor.planned_tags(model, measurements=2)  # 4 steps: 2 measurements
+    kinds = {"updates/enc.b00.qkv/": per_module, "updates/enc.qkv_mean/": not per_module}
+    for prefix, present in kinds.items():
+        leaves = {t.removeprefix(prefix) for t in logged if t.startswith(prefix)}
+        expected = {"effective_rank", "moved_singular_values", "subspace_similarity_top8"}
+        assert leaves == (expected if present else set())
+    weights = {t for t in logged if t.startswith("weights/")}
+    assert weights == {f"weights/{w}.{leaf}_mean/effective_rank" for w, leaf in _TYPES}
+    assert not any(t.startswith("grads/") for t in logged)  # gradient spectra: all_metrics
+
+
+def test_all_metrics_adds_norms_energy_ranks_and_gradients(make_trainer):
+    monitor = WeightSpectrumMonitor(every_n_steps=2, all_metrics=True)
+    model = tiny_mae()
+    make_trainer([monitor], limit_val_batches=0).fit(model, datamodule=tiny_data())
+    tags = set(monitor.last_metrics)
+    assert {
+        "weights/enc.b00.qkv/spectral_norm",
+        "updates/enc.b01.fc1/energy_rank_0.99",
+        "grads/dec.b00.fc2/effective_rank",
+        "grads/enc.fc1_mean/norm",
+    } <= tags
+    assert tags == monitor.planned_tags(model, measurements=2)  # every gradient above the floor

@@ -77,17 +77,26 @@ def test_bad_optimizer_input_is_one_clear_line(tmp_path, capsys, flags, task, ex
     assert not runs.exists() or not list(runs.rglob("*.ckpt"))
 
 
+def _top_right_basis(grad: torch.Tensor, rank: int) -> torch.Tensor:
+    """(n, rank): the top-``rank`` right singular vectors of ``grad`` (m, n)."""
+    return torch.linalg.svd(grad, full_matrices=False)[2][:rank].T
+
+
 def test_monitor_logs_captured_energy_and_projection_similarity(tmp_path):
     runs = tmp_path / "runs"
     # refresh every step: the captured energy is that of the gradient's own top-8 subspace
     cfg = write_config(
         tmp_path / "cfg.yaml", runs, _galore_mae(rank=8, update_proj_gap=1), max_epochs=1
     )
+    grads_file = tmp_path / "grads.pt"
     main(
         [
             "fit", "-c", str(cfg),
             "--trainer.callbacks+=maskrank.callbacks.GaLoreMonitor",
             "--trainer.callbacks.every_n_steps=1",
+            "--trainer.callbacks+=testkit.gradients.GradientRecorder",
+            f"--trainer.callbacks.path={grads_file}",
+            "--trainer.callbacks.parameter=mae.encoder.blocks.0.attn.qkv.weight",
         ]
     )  # fmt: skip
     tags = event_tags(runs / "exp" / "version_0")
@@ -97,11 +106,22 @@ def test_monitor_logs_captured_energy_and_projection_similarity(tmp_path):
     assert "galore/enc.patch_embed.proj/captured_energy" not in tags  # 4-D: plain AdamW
     acc = EventAccumulator(str(runs / "exp" / "version_0"), size_guidance={"scalars": 0})
     acc.Reload()
-    # top-8 of a qkv gradient (192, 64): at least 8/64 of the energy, and less than all of it
+    # the expectation from each step's recorded qkv gradient G (192, 64), 4 steps: std projects
+    # the smaller side, so the basis is G's top-8 right singular vectors Q_t (64, 8)
+    grads = torch.load(grads_file, weights_only=True)["grads"]  # (4, 192, 64)
+    assert grads.shape == (4, 192, 64)
+    sigma2 = torch.linalg.svdvals(grads) ** 2  # (4, 64)
+    expected_energy = sigma2[:, :8].sum(1) / sigma2.sum(1)  # ‖G Q_t‖² / ‖G‖², Q_t from G itself
     energy = [e.value for e in acc.Scalars("galore/enc.b00.qkv/captured_energy")]
-    assert len(energy) == 4 and all(8 / 64 <= v < 1.0 for v in energy)
-    similarity = [e.value for e in acc.Scalars("galore/mean/projection_similarity")]
-    assert len(similarity) == 3 and all(0.0 < v <= 1.0 for v in similarity)
+    assert energy == pytest.approx(expected_energy.tolist(), abs=1e-5)
+    bases = [_top_right_basis(g, 8) for g in grads]
+    # ‖Q_{t-1}ᵀ Q_t‖_F² / 8 at the refreshes of steps 1, 2, 3
+    pairs = zip(bases[:-1], bases[1:], strict=True)
+    expected_similarity = [float((a.T @ b).square().sum() / 8) for a, b in pairs]
+    similarity = [e.value for e in acc.Scalars("galore/enc.b00.qkv/projection_similarity")]
+    assert similarity == pytest.approx(expected_similarity, abs=1e-4)
+    # the subspace moves between steps, so a stale projection would capture less than logged
+    assert max(similarity) < 0.9
 
 
 @pytest.mark.slow
