@@ -1,37 +1,43 @@
-"""``maskrank report DIR``: the table and plots of a sweep directory or of one run directory.
+"""``maskrank report DIR``: the tables and plots of a sweep directory or of run directories.
 
 For a sweep directory (it has ``sweep.json``) the results are rebuilt from the finished cells'
 markers (so a half-finished sweep can be inspected), printed, and plotted: one PNG per metric
 (``plots/<metric>.png``) with a panel per swept key, and a scatter of every label-free
-effective-rank column against every accuracy column, with Spearman's rho. For a run directory (it
-has TensorBoard event files) the last value of every scalar is printed, every group of curves is
-plotted (loss, accuracy, final effective ranks, then one plot per tag group: rank, updates, grads,
-dropout, lora, galore, eval, ...; rank plots with the data's intrinsic rank as a dashed line when
-it is known), and RankMe / LiDAR are paired with k-NN and online-probe accuracy over the run's
-evaluations (table, Spearman's rho, ``plots/rank_vs_label.png``). Plots use matplotlib's Agg backend (no display needed).
+effective-rank column against every accuracy column, with Spearman's rho. Then the final values of
+every cell, read from its ``summary.json`` (its event files where there is none;
+:mod:`maskrank.sweep.finals`), are printed and written as ``final_values.csv`` / ``.md``, and the
+overview's charts are drawn with a line per cell (``plots/overview_<chart>.png``, one set per
+stage of a multi-stage sweep; :mod:`maskrank.sweep.overview_figures`).
+
+For a run directory, or a directory of runs (``runs/quickstart``), the same final-values table
+has a row per run; every group of each run's curves is plotted into ``<run>/plots`` (loss,
+accuracy, final effective ranks, then one plot per tag group: rank, updates, grads, dropout, lora,
+galore, eval, ...; rank plots with the data's intrinsic rank as a dashed line when it is known),
+RankMe / LiDAR are paired with k-NN and online-probe accuracy over the run's evaluations (table,
+Spearman's rho, ``plots/rank_vs_label.png``), and two or more runs also get the overview figures
+side by side in ``<directory>/plots``. Plots use matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from maskrank.data.synthetic import SyntheticLowRank
 from maskrank.errors import ConfigError
+from maskrank.sweep.finals import FinalRow, final_row, final_table_lines, write_final_table
 from maskrank.sweep.layout import SweepLayout
+from maskrank.sweep.overview_figures import RunCurves, intrinsic_rank, load_curves, plot_overview
 from maskrank.sweep.rank_vs_label import rank_vs_label_report
-from maskrank.sweep.results import Table, correlations, last_scalars
+from maskrank.sweep.results import Table, correlations
 from maskrank.sweep.runner import write_outputs
 
-__all__ = ["plot_run", "plot_sweep", "report"]
+__all__ = ["intrinsic_rank", "plot_run", "plot_sweep", "report", "sweep_runs"]
 
 _CURVES = {"loss": ("loss",), "accuracy": ("acc",), "effective_rank": ("effective_rank",)}
 _MAX_LINES = 8
@@ -116,25 +122,6 @@ def plot_sweep(table: Table, out_dir: Path) -> list[Path]:
     return written
 
 
-def intrinsic_rank(run_dir: Path) -> int | None:
-    """The known intrinsic rank of a run's data (``SyntheticLowRank``: ``num_classes *
-    class_rank``, from the run's ``config.yaml``), or None when the data has none."""
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        data = config["data"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
-    if not isinstance(data, dict) or not str(data.get("class_path", "")).endswith(
-        SyntheticLowRank.__name__
-    ):
-        return None
-    given = data.get("init_args") or {}
-    defaults = inspect.signature(SyntheticLowRank).parameters
-    k = given.get("num_classes", defaults["num_classes"].default)
-    d = given.get("class_rank", defaults["class_rank"].default)
-    return int(k) * int(d)
-
-
 def _curve_groups(tags: Sequence[str]) -> dict[str, list[str]]:
     """Plots of a run: loss / accuracy / final effective ranks, then one per tag group
     (``rank``, ``updates``, ``grads``, ``weights``, ``dropout``, ``lora``, ``galore``,
@@ -199,35 +186,94 @@ def _run_dirs(directory: Path) -> list[Path]:
     return [d for d in found if any(d.glob("events.out.tfevents.*"))]
 
 
+def sweep_runs(layout: SweepLayout) -> dict[str, list[tuple[str, Path]]]:
+    """Stage -> ``(cell id, run directory)`` of every cell of the sweep, in manifest order; a
+    stage several cells share (the same fit) is listed once, under the first cell."""
+    manifest = layout.read_manifest()
+    multi = bool(manifest["multi_stage"])
+    out: dict[str, list[tuple[str, Path]]] = {}
+    for stage in manifest["stages"]:
+        seen: set[Path] = set()
+        for cell in manifest["cells"]:
+            rel = cell.get("runs", {}).get(stage["name"])  # another cell's for a shared stage
+            run_dir = layout.root / rel if rel else layout.run_dir(cell["id"], stage["name"], multi)
+            if run_dir not in seen:
+                seen.add(run_dir)
+                out.setdefault(stage["name"], []).append((cell["id"], run_dir))
+    return out
+
+
+def _finals(rows: list[FinalRow], out_dir: Path, echo: Callable[[str], None]) -> None:
+    """Print the final-values table of ``rows`` and write it into ``out_dir``."""
+    csv_path, _ = write_final_table(rows, out_dir)
+    echo("final values (summary.json of each run; its event files where there is none):")
+    for line in final_table_lines(rows):
+        echo(line)
+    echo(f"  table: {csv_path}")
+
+
+def _overview(runs: list[tuple[str, Path]], out_dir: Path, name: str, prefix: str) -> list[Path]:
+    """The overview figures of the runs (those that logged anything), one line per run."""
+    curves: list[RunCurves] = [
+        load_curves(label, run_dir)
+        for label, run_dir in runs
+        if any(run_dir.glob("events.out.tfevents.*"))
+    ]
+    return plot_overview(curves, out_dir, name, prefix) if curves else []
+
+
+def _report_sweep(layout: SweepLayout, echo: Callable[[str], None]) -> list[Path]:
+    table = write_outputs(layout.root)
+    echo(layout.results_md.read_text())
+    written = plot_sweep(table, layout.plots)
+    stages = sweep_runs(layout)
+    multi = len(stages) > 1
+    rows = [
+        final_row(f"{cell} [{stage}]" if multi else cell, run_dir)
+        for stage, runs in stages.items()
+        for cell, run_dir in runs
+    ]
+    _finals(rows, layout.root, echo)
+    for stage, runs in stages.items():
+        prefix = f"{stage}_" if multi else ""
+        written += _overview(runs, layout.plots, table.name, prefix)
+    return written
+
+
+def _report_runs(directory: Path, echo: Callable[[str], None]) -> list[Path]:
+    runs = _run_dirs(directory)
+    if not runs:
+        raise ConfigError(
+            f"maskrank report: {directory} is neither a sweep directory (sweep.json) nor a run "
+            "directory (events.out.tfevents.*)"
+        )
+    labelled = [
+        (run.relative_to(directory).as_posix() if run != directory else run.name, run)
+        for run in runs
+    ]
+    _finals([final_row(label, run) for label, run in labelled], directory, echo)
+    written: list[Path] = []
+    for run in runs:
+        written += plot_run(run, run / "plots")
+        table, figure = rank_vs_label_report(run, run / "plots")
+        echo(f"{run}: label-free ranks against label-based accuracy")
+        echo(table)
+        if figure is not None:
+            written.append(figure)
+    if len(runs) > 1:  # the runs side by side
+        written += _overview(labelled, directory / "plots", directory.name, "")
+    return written
+
+
 def report(directory: str | Path, echo: Callable[[str], None] = print) -> list[Path]:
-    """Print the table of a sweep or run directory and write its plots; returns the PNG paths."""
+    """Print the tables of a sweep or run directory and write its plots; returns the PNG paths."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ConfigError(f"maskrank report: no directory {directory}")
     layout = SweepLayout(directory)
     if layout.is_sweep():
-        table = write_outputs(directory)
-        echo(layout.results_md.read_text())
-        written = plot_sweep(table, layout.plots)
+        written = _report_sweep(layout, echo)
     else:
-        runs = _run_dirs(directory)
-        if not runs:
-            raise ConfigError(
-                f"maskrank report: {directory} is neither a sweep directory (sweep.json) nor a run "
-                "directory (events.out.tfevents.*)"
-            )
-        written = []
-        for run in runs:
-            scalars = last_scalars(run)
-            echo(f"{run}: last values")
-            width = max((len(t) for t in scalars), default=0)
-            for tag in sorted(scalars):
-                echo(f"  {tag.ljust(width)}  {scalars[tag]:.6g}")
-            written += plot_run(run, run / "plots")
-            table, figure = rank_vs_label_report(run, run / "plots")
-            echo(f"{run}: label-free ranks against label-based accuracy")
-            echo(table)
-            if figure is not None:
-                written.append(figure)
+        written = _report_runs(directory, echo)
     echo("plots: " + (", ".join(str(p) for p in written) if written else "none (nothing to plot)"))
     return written

@@ -53,7 +53,16 @@ TOP_KEYS = ("name", "base", "stages", "overrides", "grid", "zip", "seeds", "metr
 STAGE_KEYS = ("base", "overrides", "metrics")
 # Top-level keys of a maskrank config: a stage may not be named like one (grid-key scoping).
 CONFIG_KEYS = frozenset(
-    ("trainer", "model", "data", "seed_everything", "ckpt_path", "checkpoint", "lr_monitor", "overview")
+    (
+        "trainer",
+        "model",
+        "data",
+        "seed_everything",
+        "ckpt_path",
+        "checkpoint",
+        "lr_monitor",
+        "overview",
+    )
     + ("optimizer", "lr_scheduler", "config", "weights_only", "cell", "vars")
 )
 DEFAULT_METRICS = ("train/loss", "val/*", "test/*", "probe/*", "rank/final_*")

@@ -19,7 +19,10 @@ CALLBACKS = [
         "class_path": "maskrank.callbacks.WeightSpectrumMonitor",
         "init_args": {"every_n_steps": 2, "subspace_k": 4, "all_metrics": True},
     },
-    {"class_path": "maskrank.callbacks.DropoutPenaltyMonitor", "init_args": {"probe_size": 16, "all_metrics": True}},
+    {
+        "class_path": "maskrank.callbacks.DropoutPenaltyMonitor",
+        "init_args": {"probe_size": 16, "all_metrics": True},
+    },
 ]
 
 

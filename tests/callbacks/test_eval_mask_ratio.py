@@ -14,7 +14,9 @@ from testkit.tiny import tiny_data, tiny_mae
 
 @pytest.mark.parametrize("end", [0.25, 0.5])
 def test_validation_monitors_and_pictures_use_the_same_ratio(tmp_path, end):
-    model = tiny_mae(mask_ratio=0.75, mask_ratio_end=end, proj_drop_rate=0.1)  # dropout: its monitor runs
+    model = tiny_mae(
+        mask_ratio=0.75, mask_ratio_end=end, proj_drop_rate=0.1
+    )  # dropout: its monitor runs
     evaluated: list[float] = []
     forward = model.mae.forward_with_latent  # what forward, validation and monitors call
 

@@ -11,6 +11,7 @@ from maskrank.errors import ConfigError
 from maskrank.metrics import uniformity_loss
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import ImageClassifier, MAEPretraining
+from maskrank.tasks.online_probe import OnlineLinearProbe, RunningWhitening
 from testkit.tiny import TINY_VIT, tiny_data, tiny_mae
 
 
@@ -167,3 +168,87 @@ def test_bad_settings_name_the_flag():
         _mae(online_probe=True, num_classes=4, probe_input="masked")
     with pytest.raises(ConfigError, match="model.init_args.probe_every_n_steps"):
         _mae(online_probe=True, num_classes=4, probe_every_n_steps=0)
+
+
+def _anisotropic_classes(
+    n: int, seed: int, loud: float = 10.0, quiet: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 32) features, 4 classes: 4 loud nuisance directions (std ``loud``) and 28 quiet ones
+    (std about ``quiet``) holding the class means, all mixed by one rotation, so every coordinate
+    is loud and per-coordinate standardisation leaves the classes small (an MAE CLS token's
+    shape)."""
+    q = torch.linalg.qr(torch.randn(32, 32, generator=torch.Generator().manual_seed(7)))[0]
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    means = torch.randn(4, 28, generator=torch.Generator().manual_seed(8)) * quiet
+    quiet_part = means[labels] + quiet * torch.randn(n, 28, generator=g)
+    loud_part = loud * torch.randn(n, 4, generator=g)
+    return torch.cat([loud_part, quiet_part], dim=1) @ q.T, labels
+
+
+def _train_probe(probe: torch.nn.Module, steps: int = 150) -> float:
+    """AdamW at lr 1e-2 (the default ``probe_lr``), batch 64; held-out accuracy."""
+    x, y = _anisotropic_classes(64 * steps, 0)
+    test_x, test_y = _anisotropic_classes(1024, 1)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=0.0)
+    probe.train()
+    for i in range(steps):
+        batch = slice(64 * i, 64 * (i + 1))
+        loss = torch.nn.functional.cross_entropy(probe(x[batch]), y[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    probe.eval()
+    with torch.no_grad():
+        return float((probe(test_x).argmax(dim=1) == test_y).float().mean())
+
+
+def test_probe_learns_classes_in_quiet_directions_of_anisotropic_features():
+    # the quickstart's failure in miniature: classes in directions of small variance. Whitening
+    # makes them as loud as the rest, so a few epochs of AdamW find them (chance: 0.25).
+    assert _train_probe(OnlineLinearProbe(32, 4)) >= 0.9
+
+
+def test_whitening_equalises_the_variance_of_every_direction():
+    whiten = RunningWhitening(32, eps=0.0)  # no ridge: the map itself, not its safety margin
+    features = {"loud": 1.0, "quiet": 0.07}  # variances 1 and 0.01, mixed: every coordinate ~0.13
+    whiten.train()
+    for batch in _anisotropic_classes(64 * 100, 0, **features)[0].split(64):
+        whiten(batch)
+    whiten.eval()
+    out = whiten(_anisotropic_classes(4096, 1, **features)[0])
+    eigenvalues = torch.linalg.eigvalsh(torch.cov(out.T.double()))
+    # raw variances span 100x (per-coordinate standardisation keeps that); whitened ones lie
+    # within 4x (the shrinkage to the diagonal, 32 / (1216 + 32), keeps the quiet ones below 1)
+    assert eigenvalues.max() < 1.2 and eigenvalues.min() > 0.3, eigenvalues
+    assert out.mean(dim=0).abs().max() < 0.1
+
+
+def test_running_estimates_average_then_forget_with_the_effective_sample_count():
+    whiten = RunningWhitening(8, momentum=0.1)
+    assert float(whiten.shrinkage()) == 1.0  # no samples: only the diagonal (standardisation)
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(16, 8, generator=g) * (k + 1) for k in range(40)]
+    for k, batch in enumerate(batches[:10]):
+        whiten(batch)
+        seen = torch.cat(batches[: k + 1])
+        # the first 1 / momentum batches: the plain average, n = every sample so far
+        assert torch.allclose(whiten.running_mean, seen.mean(0), atol=1e-5)
+        assert float(whiten.shrinkage()) == pytest.approx(8 / (16 * (k + 1) + 8), rel=1e-5)
+    for batch in batches[10:]:
+        whiten(batch)
+    # then exponential: n tends to B (2 - m) / m = 304 samples
+    assert float(whiten.shrinkage()) == pytest.approx(8 / (304 + 8), rel=1e-2)
+    assert torch.allclose(whiten.running_cov.diagonal(), torch.full((8,), 1600.0), rtol=0.5)
+
+
+def test_a_batchnorm_probe_state_loads_as_the_same_standardisation():
+    norm = torch.nn.BatchNorm1d(8, affine=False)
+    norm.train()
+    for _ in range(20):
+        norm(torch.randn(32, 8) * torch.arange(1.0, 9.0) + 3)
+    whiten = RunningWhitening(8, eps=0.0)
+    whiten.load_state_dict(norm.state_dict())
+    whiten.eval(), norm.eval()
+    x = torch.randn(16, 8) * 4
+    assert torch.allclose(whiten(x), norm(x), rtol=1e-4, atol=1e-4)
