@@ -2,6 +2,8 @@
 
 * :mod:`maskrank.optim.adamw`: AdamW with weight-decay and layer-decay parameter groups;
 * :mod:`maskrank.optim.galore`: GaLore AdamW (SCIENCE.md §8), tensor-only state;
+* :mod:`maskrank.optim.projection`: how a GaLore refresh finds the gradient's top subspace (exact
+  SVD, randomized range finder, warm-started block power iteration);
 * :mod:`maskrank.optim.spec`: ``model.init_args.optimizer`` and building the optimizer it names;
 * :mod:`maskrank.optim.plan`: the per-parameter decisions, made by name on the unwrapped model;
 * :mod:`maskrank.optim.schedule`: linear warmup then cosine decay.
@@ -10,6 +12,7 @@
 from maskrank.optim.adamw import adamw, param_groups
 from maskrank.optim.galore import GaLoreAdamW, state_bytes_formula
 from maskrank.optim.plan import OptimizerPlan, ParamPlan, plan_parameters
+from maskrank.optim.projection import PROJECTIONS, power_basis, randomized_basis, svd_basis
 from maskrank.optim.schedule import warmup_cosine, warmup_cosine_schedule
 from maskrank.optim.spec import (
     OPTIMIZERS,
@@ -22,6 +25,7 @@ from maskrank.optim.spec import (
 
 __all__ = [
     "OPTIMIZERS",
+    "PROJECTIONS",
     "GaLoreAdamW",
     "OptimizerPlan",
     "OptimizerSpec",
@@ -33,7 +37,10 @@ __all__ = [
     "param_groups",
     "plan_optimizer",
     "plan_parameters",
+    "power_basis",
+    "randomized_basis",
     "state_bytes_formula",
+    "svd_basis",
     "warmup_cosine",
     "warmup_cosine_schedule",
 ]

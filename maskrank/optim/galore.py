@@ -1,9 +1,9 @@
 """GaLore: AdamW whose moments live in a rank-``r`` projection of each target's gradient.
 
 SCIENCE.md §8 (Zhao et al., "GaLore", ICML 2024). For a target weight ``W`` (m, n) with gradient
-``G``, every ``update_proj_gap`` steps the projection is refreshed from the SVD of the current
-``G``; with ``P`` (m, r) the top-``r`` left singular vectors (projecting rows) or ``Q`` (n, r) the
-top-``r`` right ones (projecting columns), Adam runs on ``R = Pᵀ G`` (r, n) or ``R = G Q`` (m, r)
+``G``, every ``update_proj_gap`` steps the projection is refreshed from the current ``G`` (its
+SVD by default, see ``projection`` below); with ``P`` (m, r) the top-``r`` left singular vectors
+(projecting rows) or ``Q`` (n, r) the top-``r`` right ones (projecting columns), Adam runs on ``R = Pᵀ G`` (r, n) or ``R = G Q`` (m, r)
 and the weight moves by ``-lr · scale · P N`` or ``-lr · scale · N Qᵀ``, ``N`` the bias-corrected
 Adam direction of ``R``. Decoupled weight decay acts on the full ``W`` as in AdamW. The side is
 fixed by ``proj_type``: ``std`` projects the smaller side (``Q`` when ``m >= n``, else ``P``), so
@@ -26,6 +26,26 @@ weight decay after the update with ``eps = 1e-6``, so it is not torch's AdamW at
 The Adam arithmetic itself is torch's (``torch.optim.adam.adam``, fused on CPU/CUDA): plain
 parameters step in place; targets step a zero buffer shaped like ``R``, which then holds
 ``-lr · N`` and is projected back.
+
+How a refresh finds the basis is the group's ``projection`` (:mod:`maskrank.optim.projection`):
+``svd`` (exact), ``randomized`` (Halko et al.'s range finder; its Gaussian test matrix is drawn
+from a generator seeded with the step count and the parameter's position in the optimizer, so
+every DDP rank, and a resumed run, draws the same one) or ``power`` (block power iteration
+warm-started from the basis in use; the first basis is an exact SVD).
+
+Adaptive refresh (group key ``refresh_similarity`` = ``τ``, the lazy layer-wise update of
+Q-GaLore, Zhang et al. 2024): each target keeps its own gap, ``refresh_factor · update_proj_gap``
+with ``refresh_factor`` in {1, 2, 4, 8}. When it is due, the candidate basis is computed and
+compared with the one in use by the subspace similarity ``s = ‖P_oldᵀ P_new‖_F² / r``
+(:func:`maskrank.metrics.subspace_similarity`). ``s >= τ``: the layer's subspace has not moved, so
+the basis in use is kept (the moments stay in the coordinates they were accumulated in) and the
+factor doubles, up to :data:`MAX_REFRESH_FACTOR`; ``s < τ``: the candidate replaces it and the
+factor returns to 1. The check costs the same decomposition as a refresh; what a stable layer
+saves is later decompositions: a layer stable at every check is decomposed at steps 0, g, 3g, 7g,
+15g, then every 8g (g = ``update_proj_gap``), instead of every g; its staleness is bounded by 8g
+steps. The state of such a target adds three scalars: ``refresh_step`` (the step count at its last
+check, int64), ``refresh_factor`` (int64) and ``similarity`` (float32, ``s`` at the last check,
+NaN before the first).
 """
 
 from __future__ import annotations
@@ -37,10 +57,30 @@ import torch
 from torch import Tensor
 from torch.optim.adam import adam
 
+from maskrank.metrics.subspace import subspace_similarity
+from maskrank.optim.projection import (
+    PROJECTIONS,
+    power_basis,
+    randomized_basis,
+    svd_basis,
+)
+
 ProjType = Literal["std", "reverse_std", "left", "right"]
 PROJ_TYPES: tuple[str, ...] = ("std", "reverse_std", "left", "right")
+MAX_REFRESH_FACTOR = 8  # adaptive refresh: a stable layer's gap grows to at most 8 update_proj_gap
+# the adaptive-refresh scalars of a target's state (integers, and a similarity kept in float32)
+REFRESH_STATE: tuple[str, ...] = ("refresh_step", "refresh_factor", "similarity")
+_SEED_STRIDE = 1 << 20  # randomized: seed = step count * stride + the parameter's position
 
-__all__ = ["PROJ_TYPES", "GaLoreAdamW", "ProjType", "projects_rows", "state_bytes_formula"]
+__all__ = [
+    "MAX_REFRESH_FACTOR",
+    "PROJ_TYPES",
+    "REFRESH_STATE",
+    "GaLoreAdamW",
+    "ProjType",
+    "projects_rows",
+    "state_bytes_formula",
+]
 
 
 def projects_rows(shape: tuple[int, int], proj_type: str) -> bool:
@@ -56,37 +96,39 @@ def projects_rows(shape: tuple[int, int], proj_type: str) -> bool:
 
 
 def state_bytes_formula(
-    shape: tuple[int, int], rank: int | None, proj_type: str, itemsize: int = 4
+    shape: tuple[int, int],
+    rank: int | None,
+    proj_type: str,
+    itemsize: int = 4,
+    adaptive: bool = False,
 ) -> int:
     """Bytes of one weight's optimizer state: moments, projector and the step counter.
 
     AdamW (``rank`` None or ``>= min(m, n)``): ``2 m n`` moments. GaLore: moments of ``R`` (r, n)
-    or (m, r) and the (m, r) or (n, r) basis. The step is one float32 scalar.
+    or (m, r) and the (m, r) or (n, r) basis. The step is one float32 scalar; ``adaptive``
+    (``refresh_similarity`` set) adds two int64 counters and a float32 similarity per target.
     """
     m, n = shape
     if rank is None or rank >= min(m, n):
         return 2 * m * n * itemsize + 4
     other = n if projects_rows(shape, proj_type) else m
     basis = m if projects_rows(shape, proj_type) else n
-    return (2 * rank * other + rank * basis) * itemsize + 4
+    return (2 * rank * other + rank * basis) * itemsize + 4 + (20 if adaptive else 0)
 
 
-@torch.no_grad()
-def top_basis(grad: Tensor, rank: int, rows: bool) -> Tensor:
-    """Top-``rank`` left (``rows``) or right singular vectors of ``grad`` (m, n) as columns."""
-    # half-precision gradients are decomposed in float32; float32/float64 as they are
-    work = grad.float() if grad.element_size() < 4 else grad
-    u, _, vh = torch.linalg.svd(work, full_matrices=False)
-    basis = u[:, :rank] if rows else vh[:rank].T  # (m, r) or (n, r)
-    return basis.to(grad.dtype).contiguous()
+def _orthonormal_atol(dtype: torch.dtype) -> float:
+    """How far from orthonormal a basis stored in ``dtype`` may be (rounding of its entries)."""
+    return max(1e-4, 64 * torch.finfo(dtype).eps)
 
 
 class GaLoreAdamW(torch.optim.Optimizer):
     """AdamW with GaLore projection for the parameter groups that set ``rank``.
 
     A group with ``rank`` set (an int) must hold 2-D tensors only and may set ``update_proj_gap``
-    (default 200), ``scale`` (0.25) and ``proj_type`` (``std``); a group without it (or with
-    ``rank: None``) is plain AdamW. Groups carry their own ``lr`` and ``weight_decay`` as usual.
+    (default 200), ``scale`` (0.25), ``proj_type`` (``std``), ``projection`` (``svd``; or
+    ``randomized``, ``power``) and ``refresh_similarity`` (None; or ``τ`` in (0, 1]: adaptive
+    refresh, see the module docs); a group without it (or with ``rank: None``) is plain AdamW.
+    Groups carry their own ``lr`` and ``weight_decay`` as usual.
 
     Args:
         params: parameters or parameter groups.
@@ -116,11 +158,41 @@ class GaLoreAdamW(torch.optim.Optimizer):
             update_proj_gap=200,
             scale=0.25,
             proj_type="std",
+            projection="svd",
+            refresh_similarity=None,
         )
         super().__init__(params, defaults)
         for group in self.param_groups:
             if group["rank"] is not None and any(p.ndim != 2 for p in group["params"]):
                 raise ValueError("GaLore groups (rank set) must hold 2-D tensors only")
+            if group["projection"] not in PROJECTIONS:
+                raise ValueError(
+                    f"projection = {group['projection']!r}; expected one of {PROJECTIONS}"
+                )
+            tau = group["refresh_similarity"]
+            if tau is not None and not 0.0 < tau <= 1.0:
+                raise ValueError(f"refresh_similarity = {tau!r}; expected None or in (0, 1]")
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # groups saved before these keys existed: today's rule
+            group.setdefault("projection", "svd")
+            group.setdefault("refresh_similarity", None)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's loading, but the adaptive-refresh scalars keep their saved dtype and device.
+
+        torch casts every state tensor except ``step`` to its parameter's dtype: a bfloat16
+        ``refresh_step`` would round to a multiple of 8 above 256.
+        """
+        super().load_state_dict(state_dict)
+        saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+        live = [p for g in self.param_groups for p in g["params"]]
+        for index, p in zip(saved, live, strict=True):  # the order torch maps them in
+            for key in REFRESH_STATE:
+                value = state_dict["state"].get(index, {}).get(key)
+                if value is not None:
+                    self.state[p][key] = value.clone()
 
     def _init_state(self, p: Tensor, moment_shape: torch.Size, fused: bool) -> dict:
         state = self.state[p]
@@ -134,22 +206,74 @@ class GaLoreAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
-        """One optimizer step; targets refresh their projection when ``step % gap == 0``."""
+        """One optimizer step; targets refresh their projection when due (see the module docs)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        position = 0  # of the parameter in the optimizer: part of the randomized seed
         for group in self.param_groups:
-            self._step_group(group)
+            self._step_group(group, position)
+            position += len(group["params"])
         return loss
 
-    def _step_group(self, group: dict) -> None:
+    def _new_basis(
+        self, group: dict, grad: Tensor, rows: bool, previous: Tensor | None, seed: int
+    ) -> Tensor:
+        """The basis the group's ``projection`` finds for ``grad`` (m, n): (m, r) or (n, r)."""
+        rank, projection = group["rank"], group["projection"]
+        if projection == "randomized":
+            generator = torch.Generator(device=grad.device).manual_seed(seed)
+            return randomized_basis(grad, rank, rows, generator=generator)
+        if projection == "power" and previous is not None:
+            return power_basis(grad, previous, rows)
+        return svd_basis(grad, rank, rows)
+
+    def _refresh(self, group: dict, state: dict, grad: Tensor, rows: bool, position: int) -> None:
+        """Set or renew ``state["projector"]`` if due at this step (before its Adam update).
+
+        ``position``: the parameter's index over all groups, which with the step count seeds the
+        randomized range finder.
+        """
+        step, gap = int(state["step"]), group["update_proj_gap"]
+        tau = group["refresh_similarity"]
+        seed = step * _SEED_STRIDE + position
+        previous = state.get("projector")
+        if previous is None:
+            state["projector"] = self._new_basis(group, grad, rows, None, seed)
+        if tau is not None and "refresh_step" not in state:
+            # first step, or a state saved without adaptive refresh: as if last checked at the
+            # latest multiple of the gap (the step itself for a fresh state)
+            state["refresh_step"] = torch.tensor(step - step % gap, dtype=torch.int64)
+            state["refresh_factor"] = torch.tensor(1, dtype=torch.int64)
+            state["similarity"] = torch.tensor(float("nan"), dtype=torch.float32)
+        if previous is None:
+            return
+        if tau is None:
+            if step % gap == 0:
+                state["projector"] = self._new_basis(group, grad, rows, previous, seed)
+            return
+        factor = int(state["refresh_factor"])
+        if step < int(state["refresh_step"]) + factor * gap:
+            return
+        candidate = self._new_basis(group, grad, rows, previous, seed)
+        atol = _orthonormal_atol(previous.dtype)
+        similarity = subspace_similarity(previous, candidate, atol=atol)
+        if similarity >= tau:  # the subspace stayed: keep the basis, look again later
+            factor = min(2 * factor, MAX_REFRESH_FACTOR)
+        else:
+            state["projector"], factor = candidate, 1
+        state["refresh_step"].fill_(step)
+        state["refresh_factor"].fill_(factor)
+        state["similarity"].fill_(similarity)
+
+    def _step_group(self, group: dict, position: int) -> None:
         beta1, beta2 = group["betas"]
         fused, rank = bool(group["fused"]), group["rank"]
         plain: list[list[Tensor]] = [[], [], [], [], []]  # params, grads, m, v, steps
         low: list[list[Tensor]] = [[], [], [], [], []]  # zero buffers, R, m, v, steps
         targets: list[tuple[Tensor, Tensor, bool]] = []  # (param, basis, rows)
-        for p in group["params"]:
+        for offset, p in enumerate(group["params"]):
             if p.grad is None:
                 continue
             grad = p.grad
@@ -165,8 +289,7 @@ class GaLoreAdamW(torch.optim.Optimizer):
             rows = projects_rows(tuple(p.shape), group["proj_type"])
             moment_shape = (rank, p.shape[1]) if rows else (p.shape[0], rank)
             state = self._init_state(p, torch.Size(moment_shape), fused)
-            if "projector" not in state or int(state["step"]) % group["update_proj_gap"] == 0:
-                state["projector"] = top_basis(grad, rank, rows)
+            self._refresh(group, state, grad, rows, position + offset)
             basis = state["projector"]  # (m, r) or (n, r)
             projected = basis.T @ grad if rows else grad @ basis  # (r, n) or (m, r)
             buffer = torch.zeros_like(projected)

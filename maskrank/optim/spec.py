@@ -19,13 +19,14 @@ from torch.distributed.tensor import DTensor
 
 from maskrank.errors import ConfigError
 from maskrank.optim.adamw import default_fused, param_groups
-from maskrank.optim.galore import PROJ_TYPES, GaLoreAdamW, ProjType
+from maskrank.optim.galore import PROJ_TYPES, GaLoreAdamW
 from maskrank.optim.plan import (
     NO_WEIGHT_DECAY,
     OptimizerPlan,
     plan_parameters,
     planned_parameters,
 )
+from maskrank.optim.projection import PROJECTIONS
 
 OPTIMIZERS: tuple[str, ...] = ("adamw", "galore_adamw")
 DEFAULT_TARGETS: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
@@ -51,6 +52,13 @@ class OptimizerSpec:
         scale: GaLore's ``α``: the projected-back Adam step is multiplied by it.
         proj_type: ``std`` (project the smaller side of each matrix), ``reverse_std``, ``left``
             or ``right``.
+        projection: how a refresh finds the top-``rank`` subspace of the gradient
+            (:mod:`maskrank.optim.projection`): ``svd`` (exact), ``randomized`` (randomized range
+            finder) or ``power`` (block power iteration from the previous basis).
+        refresh_similarity: None (every target refreshes every ``update_proj_gap`` steps) or a
+            threshold ``τ`` in (0, 1]: adaptive refresh, where a target whose new basis has
+            subspace similarity ``>= τ`` with the one in use keeps it and doubles its own gap (up
+            to 8 ``update_proj_gap``); see :mod:`maskrank.optim.galore`.
         targets: module-name suffixes of the 2-D weights trained with GaLore (``qkv`` matches
             ``blocks.3.attn.qkv``); by default the attention and MLP weights of encoder and
             decoder blocks (``proj`` never matches the patch embedding: it is a 4-D conv kernel).
@@ -60,7 +68,12 @@ class OptimizerSpec:
     rank: int = 32
     update_proj_gap: int = 200
     scale: float = 0.25
-    proj_type: ProjType = "std"
+    # str, not the Literal types: the command line passes any value through to
+    # __post_init__, whose one-line ConfigError names the flag (a Literal would make the parser
+    # reject it with a multi-line message)
+    proj_type: str = "std"
+    projection: str = "svd"
+    refresh_similarity: float | None = None
     targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
 
     def __post_init__(self) -> None:
@@ -90,6 +103,29 @@ class OptimizerSpec:
                 f"{{field}} = {self.proj_type!r}; expected one of {', '.join(PROJ_TYPES)}",
                 "optimizer.proj_type",
             )
+        if self.projection not in PROJECTIONS:
+            raise ConfigError(
+                f"{{field}} = {self.projection!r}; expected one of {', '.join(PROJECTIONS)}",
+                "optimizer.projection",
+            )
+        tau = self.refresh_similarity
+        if tau is not None and (
+            isinstance(tau, bool) or not isinstance(tau, int | float) or not 0 < tau <= 1
+        ):
+            raise ConfigError(
+                f"{{field}} = {tau!r}; expected null (refresh every update_proj_gap steps) or "
+                "a subspace similarity in (0, 1]",
+                "optimizer.refresh_similarity",
+            )
+        if self.name == "adamw":
+            for key, default in (("projection", "svd"), ("refresh_similarity", None)):
+                if getattr(self, key) != default:
+                    raise ConfigError(
+                        f"{{field}} = {getattr(self, key)!r} applies to galore_adamw only, but "
+                        "optimizer.name is adamw; expected name: galore_adamw or no "
+                        f"{key}",
+                        f"optimizer.{key}",
+                    )
         self.targets = list(self.targets)
         if not self.targets:
             raise ConfigError(
@@ -228,6 +264,8 @@ def build_optimizer(
         update_proj_gap=spec.update_proj_gap,
         scale=spec.scale,
         proj_type=spec.proj_type,
+        projection=spec.projection,
+        refresh_similarity=spec.refresh_similarity,
     )
     split: list[dict] = []
     for group in groups:
