@@ -130,8 +130,15 @@ class GaLoreMonitor(pl.Callback):
             basis = state["projector"]  # (m, r) or (n, r): the one this step used
             rows = projects_rows(tuple(p.shape), group["proj_type"])
             short = short_module_name(name)
+            if group.get("refresh_similarity") is not None and "refresh_step" in state:
+                # adaptive refresh: the optimizer compared the candidate basis with the one in
+                # use when this layer was due (its own gap) and kept the result
+                checked = int(state["refresh_step"]) == int(state["step"]) - 1
+                value = float(state["similarity"])
+                if checked and math.isfinite(value):
+                    similarity[short] = value
             # the step counter was incremented by this step: it refreshed iff (count-1) % gap == 0
-            if (int(state["step"]) - 1) % group["update_proj_gap"] == 0:
+            elif (int(state["step"]) - 1) % group["update_proj_gap"] == 0:
                 previous = self._previous.get(name)
                 if previous is not None and previous.shape == basis.shape:
                     similarity[short] = subspace_similarity(previous, basis.detach().cpu())

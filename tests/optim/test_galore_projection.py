@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import io
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import Tensor
 
+from maskrank.callbacks import GaLoreMonitor
 from maskrank.cli import main
 from maskrank.metrics import subspace_similarity
 from maskrank.optim import (
@@ -270,3 +272,38 @@ def test_bad_projection_is_one_line_naming_the_flag(tmp_path, capsys, value, exp
     for needle in expect:
         assert needle in err[0], (needle, err[0])
     assert not runs.exists() or not list(runs.rglob("*.ckpt"))
+
+
+class _Logger:
+    def __init__(self) -> None:
+        self.logged: list[tuple[int, dict[str, float]]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self.logged.append((step, dict(metrics)))
+
+
+def test_monitor_logs_the_similarity_of_each_adaptive_check_and_only_then():
+    """GaLoreMonitor reports the optimizer's own comparison at each check of a layer (its gap
+    doubles while the subspace stays), not a 1.0 at every multiple of update_proj_gap."""
+    gen = torch.Generator().manual_seed(0)
+    u = _orthogonal(12, 3, gen)
+    module = torch.nn.Linear(40, 12, bias=False)
+    weight = module.weight  # (12, 40): projected on the left
+    opt = _adaptive(weight, tau=0.99)
+    logger = _Logger()
+    trainer = SimpleNamespace(
+        is_global_zero=True, optimizers=[opt], loggers=[logger], global_step=0
+    )
+    monitor = GaLoreMonitor(every_n_steps=1000)
+    for step in range(32):
+        weight.grad = _left_gradient(u, gen)
+        opt.step()
+        trainer.global_step = step + 1
+        monitor.on_train_batch_end(trainer, module, None, None, step)
+    logged = [
+        (s, m["galore/weight/projection_similarity"])
+        for s, m in logger.logged
+        if "galore/weight/projection_similarity" in m
+    ]
+    assert [s - 1 for s, _ in logged] == [2, 6, 14, 30]  # the checks, not every 2nd step
+    assert all(value >= 0.99 for _, value in logged)
