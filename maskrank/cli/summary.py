@@ -64,9 +64,20 @@ def _checkpoint_callback(trainer: pl.Trainer) -> ModelCheckpoint | None:
     return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
 
 
+def _run_dir(trainer: pl.Trainer) -> str | None:
+    """The first logger's run directory, read locally: ``trainer.log_dir`` broadcasts it, a
+    collective that rank zero alone (the only caller here) would wait on forever, or fail on
+    once the other processes (other nodes) have exited."""
+    if not trainer.loggers:
+        return None
+    logger = trainer.loggers[0]
+    return getattr(logger, "log_dir", None) or logger.save_dir
+
+
 def run_summary(trainer: pl.Trainer, command: str) -> dict[str, Any] | None:
     """The summary of the command ``trainer`` just ran, or None without a run directory."""
-    if not trainer.loggers or trainer.log_dir is None:
+    run_dir = _run_dir(trainer)
+    if run_dir is None:
         return None
     ckpt = _checkpoint_callback(trainer)
     score = getattr(ckpt, "best_model_score", None)
@@ -77,7 +88,7 @@ def run_summary(trainer: pl.Trainer, command: str) -> dict[str, Any] | None:
     metrics = {**_scalars(trainer.callback_metrics), **_scalars(trainer.logged_metrics)}
     return build_summary(
         command,
-        _absolute(trainer.log_dir),
+        _absolute(run_dir),
         last_checkpoint=_absolute(getattr(ckpt, "last_model_path", None)),
         best_checkpoint=_absolute(getattr(ckpt, "best_model_path", None)),
         best_score=None if score is None else float(score),

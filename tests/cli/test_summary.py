@@ -203,7 +203,7 @@ def _trainer(tmp_path: Path, **overrides) -> SimpleNamespace:
     ckpt.best_model_score, ckpt.current_score = torch.tensor(0.25), torch.tensor(0.5)
     ckpt.last_model_path = str(tmp_path / "last.ckpt")
     fields = dict(
-        loggers=[object()],
+        loggers=[SimpleNamespace(log_dir=str(tmp_path), save_dir=str(tmp_path))],
         log_dir=str(tmp_path),
         callbacks=[ckpt],
         current_epoch=3,
