@@ -12,8 +12,11 @@ content does not change the speed). Everything runs through a real ``pl.Trainer.
 
 1. Throughput: arms "baseline" (no callbacks) and "callbacks" (the default set:
    RepresentationRankMonitor, WeightSpectrumMonitor, DropoutPenaltyMonitor, default arguments)
-   alternate round by round on fresh copies of one model, validation off, so the arms see the same
-   machine load. Per step wall time (first step of each round dropped); median s/step per arm.
+   run in every round on fresh copies of one model, validation off, in a fresh random order per
+   round (``--seed``, printed; ``benchlib``), so the arms see the same machine load. Per step wall
+   time (first step of each fit dropped); median s/step per arm with its interquartile range, and
+   the overhead over the baseline paired per round (the arm's median step over the baseline's in
+   the same round; their median and every round's value).
    This shows the per-step cost of the hooks (and of a weight measurement if one falls in a round).
    Two more arms train ``MAEPretraining(online_probe=True)`` and
    ``MAEPretraining(uniformity_weight=0.01)``: their overhead is the probe's (or the uniformity
@@ -37,8 +40,10 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import importlib.util
 import math
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -59,6 +64,20 @@ from maskrank.callbacks import (
 from maskrank.data import SyntheticLowRank
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import MAEPretraining
+
+
+def _sibling(name: str):
+    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().with_name(f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+benchlib = _sibling("benchlib")
 
 CIFAR10_TRAIN = 50_000
 
@@ -183,6 +202,7 @@ def main() -> None:
     )
     parser.add_argument("--knn-alone", action="store_true", help="also time OnlineKNN alone")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, else 32")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arm order per round")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.steps, args.batch = 2, 3, 32
@@ -229,43 +249,50 @@ def main() -> None:
         f"LiDAR (views 8, samples {args.lidar_samples})": rep_default.every_n_epochs * epoch_steps,
     }
     in_default_set = ("RepresentationRankMonitor", "DropoutPenaltyMonitor", "WeightSpectrumMonitor")
-    times: dict[str, list[float]] = defaultdict(list)
     costs: dict[str, list[float]] = defaultdict(list)
     shares: dict[str, list[float]] = defaultdict(list)  # amortized % per round
+    print(f"before: {benchlib.load_average()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for round_ in range(args.rounds):
-            # One round: both arms, then one invocation of each callback, back to back, so a
-            # cost is compared with the step time measured under the same machine load.
-            base = step_times(args, model, data, root, [])
-            with_callbacks = step_times(args, model, data, root, default_callbacks())
-            times["baseline"] += base
-            times["callbacks"] += with_callbacks
-            for arm, variant in variants.items():
-                times[arm] += step_times(args, variant, data, root, [])
+        arms = {
+            "baseline": lambda: step_times(args, model, data, root, []),
+            "callbacks": lambda: step_times(args, model, data, root, default_callbacks()),
+            **{
+                name: functools.partial(step_times, args, variant, data, root, [])
+                for name, variant in variants.items()
+            },
+        }
+
+        def after_round(r: int, medians: dict[str, float]) -> None:
+            # then one invocation of each callback, right after the round's arms, so a cost is
+            # compared with the step time measured under the same machine load
             round_costs = one_off_costs(args, model, data, root)
-            base_step = statistics.median(base)
             for name, cost in round_costs.items():
                 costs[name].append(cost)
                 if name in every:
-                    shares[name].append(100 * max(cost, 0.0) / (every[name] * base_step))
-            print(
-                f"  round {round_ + 1}: baseline {base_step:.4f} s/step, callbacks "
-                f"{statistics.median(with_callbacks):.4f} s/step, "
-                + "".join(
-                    f"{a} {statistics.median(times[a][-args.steps :]):.4f} s/step, "
-                    for a in variants
-                )
-                + "passes "
-                + ", ".join(f"{n} {c:.3f} s" for n, c in round_costs.items())
-            )
+                    share = 100 * max(cost, 0.0) / (every[name] * medians["baseline"])
+                    shares[name].append(share)
+            benchlib.print_round(r, medians)
+            print("    passes " + ", ".join(f"{n} {c:.3f} s" for n, c in round_costs.items()))
 
-    base = statistics.median(times["baseline"])
-    print(f"\n{'arm':10s} {'steps':>6s} {'median s/step':>14s} {'img/s':>8s} {'overhead':>9s}")
-    for arm, values in times.items():
-        step = statistics.median(values)
-        overhead = 100 * (step / base - 1)
-        print(f"{arm:10s} {len(values):6d} {step:14.4f} {args.batch / step:8.1f} {overhead:+8.2f}%")
+        timings = benchlib.run_rounds(arms, args.rounds, args.seed, after_round)
+    print(f"after: {benchlib.load_average()}")
+    print(f"arm order seed {args.seed}: " + "; ".join(" ".join(o) for o in timings.orders) + "\n")
+    rows = []
+    for arm in timings.samples:
+        values = timings.all(arm)
+        med, low, high = benchlib.spread(values)
+        rows.append(
+            (
+                arm,
+                len(values),
+                f"{med:.4f} [{low:.4f}-{high:.4f}]",
+                f"{args.batch / med:.1f}",
+                benchlib.overhead_cell(timings.paired(arm, "baseline")),
+            )
+        )
+    headers = ("arm", "steps", "s/step [IQR]", "img/s", "overhead, paired (per round)")
+    print(benchlib.markdown_table(headers, rows))
     print(
         f"\n{'one invocation (default args)':32s} {'median s':>9s} {'every':>12s} {'amortized':>10s}"
     )
@@ -278,7 +305,7 @@ def main() -> None:
         share = statistics.median(shares[name])
         total += share if name in in_default_set else 0.0
         print(f"  {name:30s} {cost:9.3f} {every[name]:>6d} steps {share:9.2f}%")
-    hooks = 100 * (statistics.median(times["callbacks"]) / base - 1)
+    hooks = statistics.median(benchlib.overheads(timings.paired("callbacks", "baseline")))
     print(
         f"\nAmortized overhead of the default set (the first three) at the default schedule: "
         f"{total:.2f}% (median over rounds of "

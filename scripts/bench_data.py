@@ -16,9 +16,12 @@ recipe (random resized crop, scale (0.2, 1), ratio (3/4, 4/3), bicubic, flip):
 * maskrank: :class:`maskrank.data.images.file_crops.CroppedImageFiles` (``decode_crop``);
 * maskrank-PIL: the same with ``simplejpeg`` switched off (PIL decodes), a lever breakdown.
 
-Both run in this one process, single-threaded (as in a DataLoader worker), arms alternating in
-every round on the same shuffled files, whole batches of 32 stacked as a loader does. Reported:
-images/s per process (median and range over rounds), the paired per-round ratio to the reference,
+Both run in this one process, single-threaded (as in a DataLoader worker), every arm once per
+round on the same shuffled files, in a fresh random order per round (``--seed``, printed;
+``benchlib``), whole batches of 32 stacked as a loader does, timed in wall seconds or, with
+``--clock cpu``, in the process's CPU seconds (what a worker core spends; far less inflated than
+wall time on a machine shared with other work). Reported: images/s per process (median and
+interquartile range or range over rounds), the paired per-round ratio to the reference,
 the worker cores needed to feed a ViT-B/16 MAE at 3 000 img/s, decode-only and resample-only times
 of the candidate libraries, and crop-box statistics of both loaders (same distribution expected).
 """
@@ -26,10 +29,12 @@ of the candidate libraries, and crop-box statistics of both loaders (same distri
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import math
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -45,6 +50,20 @@ from torchvision.datasets import ImageFolder
 import maskrank.data.images.decode as decode_module
 from maskrank.data.images.crops import CropSpec, crop_rng, random_resized_box
 from maskrank.data.images.file_crops import CroppedImageFiles
+
+
+def _sibling(name: str):
+    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().with_name(f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+benchlib = _sibling("benchlib")
 
 SIZE, SCALE, RATIO = 224, (0.2, 1.0), (3 / 4, 4 / 3)
 FEED_TARGET = 3000  # img/s a ViT-B/16 MAE step consumes on a fast GPU
@@ -110,12 +129,16 @@ def maskrank_dataset(root: Path) -> CroppedImageFiles:
     return CroppedImageFiles(samples, CropSpec(size=SIZE, train=True, scale=SCALE), 3, seed=0)
 
 
-def batches_per_second(get_batch: Callable[[list[int]], object], order: list[int], batch: int):
-    """Images per second of producing ``order`` in stacked batches of ``batch``."""
-    start = time.perf_counter()
+def batches_per_second(
+    get_batch: Callable[[list[int]], object], order: list[int], batch: int, clock: str = "wall"
+):
+    """Images per second (of ``clock``, ``benchlib.CLOCKS``) of producing ``order`` in stacked
+    batches of ``batch``."""
+    now = benchlib.CLOCKS[clock]
+    start = now()
     for first in range(0, len(order), batch):
         get_batch(order[first : first + batch])
-    return len(order) / (time.perf_counter() - start)
+    return len(order) / (now() - start)
 
 
 def reference_batch(dataset: ImageFolder) -> Callable[[list[int]], object]:
@@ -126,26 +149,32 @@ def maskrank_batch(dataset: CroppedImageFiles) -> Callable[[list[int]], object]:
     return lambda indices: dataset.__getitems__(indices)
 
 
-def paired_rounds(arms: dict[str, Callable], count: int, rounds: int, batch: int = 32):
-    """``{arm: [img/s per round]}``, arms alternating (rotated) within every round."""
+def paired_rounds(
+    arms: dict[str, Callable],
+    count: int,
+    rounds: int,
+    batch: int = 32,
+    seed: int = 0,
+    clock: str = "wall",
+) -> tuple[dict[str, list[float]], list[list[str]]]:
+    """``{arm: [img/s per round]}`` and the arm order of every round (shuffled with ``seed``);
+    every round reads the files in its own shuffled order, the same for every arm."""
     results: dict[str, list[float]] = {name: [] for name in arms}
-    names = list(arms)
-    for r in range(rounds):
-        order = np.random.default_rng(r).permutation(count).tolist()
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            results[name].append(batches_per_second(arms[name], order, batch))
-    return results
+    orders = benchlib.round_orders(list(arms), rounds, seed)
+    for r, names in enumerate(orders):
+        files = np.random.default_rng(r).permutation(count).tolist()
+        for name in names:
+            results[name].append(batches_per_second(arms[name], files, batch, clock))
+    return results, orders
 
 
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):8.1f}  [{min(values):.1f}, {max(values):.1f}]"
-
-
-def decoder_table(files: list[Path], rounds: int) -> list[tuple[str, float]]:
+def decoder_table(
+    files: list[Path], rounds: int, seed: int = 0, clock: str = "wall"
+) -> list[tuple[str, float]]:
     """Median ms per image to decode a whole 500 x 375 JPEG, or resample one box, per library.
 
-    Candidates alternate within every round (so they meet the same machine load); median over
-    rounds of each round's mean over ``files``.
+    Every candidate runs once per round, in a shuffled order per round (so they meet the same
+    machine load); median over rounds of each round's mean over ``files``.
     """
     blobs = [f.read_bytes() for f in files]
     calls: dict[str, Callable[[bytes], object]] = {
@@ -187,12 +216,14 @@ def decoder_table(files: list[Path], rounds: int) -> list[tuple[str, float]]:
         regions[id(b)], size=(SIZE, SIZE), mode="bicubic", antialias=True
     )
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(rounds):
-        for name, call in calls.items():
-            start = time.perf_counter()
+    now = benchlib.CLOCKS[clock]
+    for names in benchlib.round_orders(list(calls), rounds, seed):
+        for name in names:
+            call = calls[name]
+            start = now()
             for b in blobs:
                 call(b)
-            times[name].append(1000 * (time.perf_counter() - start) / len(blobs))
+            times[name].append(1000 * (now() - start) / len(blobs))
     return [(name, statistics.median(values)) for name, values in times.items()]
 
 
@@ -254,9 +285,17 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=240)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="48 files, 2 rounds")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arm order per round")
+    parser.add_argument(
+        "--clock",
+        choices=list(benchlib.CLOCKS),
+        default="wall",
+        help="wall or process CPU time (one thread: cpu is what a worker core spends)",
+    )
     args = parser.parse_args()
     files, rounds = (48, 2) if args.quick else (args.files, args.rounds)
     torch.set_num_threads(1)  # one DataLoader worker's view
+    print(f"before: {benchlib.load_average()}")
     with tempfile.TemporaryDirectory() as tmp:
         root = make_jpeg_folder(Path(tmp), files)
         reference, ours = reference_dataset(root), maskrank_dataset(root)
@@ -273,25 +312,36 @@ def main() -> None:
             "maskrank": maskrank_batch(ours),
             "maskrank-PIL": pil_only,
         }
-        results = paired_rounds(arms, files, rounds)
-        ratios = [m / r for m, r in zip(results["maskrank"], results["reference"], strict=True)]
-        pil_ratios = [
-            m / r for m, r in zip(results["maskrank-PIL"], results["reference"], strict=True)
-        ]
-        decoders = decoder_table(sorted(root.rglob("*.jpg"))[:24], 3 if args.quick else 7)
-    print(f"{files} JPEGs 500x375 q90, {rounds} paired rounds, one thread, batches of 32\n")
-    print(f"{'arm':<14} {'img/s per process: median [min, max]':>38} {'cores for 3000 img/s':>22}")
+        results, orders = paired_rounds(arms, files, rounds, seed=args.seed, clock=args.clock)
+        decoders = decoder_table(
+            sorted(root.rglob("*.jpg"))[:24], 3 if args.quick else 7, args.seed, args.clock
+        )
+    print(f"after: {benchlib.load_average()}")
+    print(
+        f"{files} JPEGs 500x375 q90, {rounds} paired rounds, one thread, batches of 32, "
+        f"{args.clock} clock; "
+        f"arm order seed {args.seed}: " + "; ".join(" ".join(o) for o in orders) + "\n"
+    )
+    rows = []
     for name, values in results.items():
-        cores = FEED_TARGET / statistics.median(values)
-        print(f"{name:<14} {summary(values):>38} {cores:>22.1f}")
-    print(
-        f"\npaired ratio maskrank / reference: median {statistics.median(ratios):.2f}x "
-        f"[{min(ratios):.2f}, {max(ratios):.2f}] (target >= 2x)"
+        med, low, high = benchlib.spread(values)
+        paired = [a / r for a, r in zip(values, results["reference"], strict=True)]
+        rows.append(
+            (
+                name,
+                f"{med:.1f} [{low:.1f}-{high:.1f}]",
+                f"{FEED_TARGET / med:.1f}",
+                benchlib.ratio_cell(paired),
+            )
+        )
+    headers = (
+        "arm",
+        "img/s per process [IQR or range]",
+        f"cores for {FEED_TARGET} img/s",
+        "vs reference, paired (per round)",
     )
-    print(
-        f"paired ratio maskrank-PIL / reference: median {statistics.median(pil_ratios):.2f}x "
-        f"[{min(pil_ratios):.2f}, {max(pil_ratios):.2f}]"
-    )
+    print(benchlib.markdown_table(headers, rows))
+    print("(target: maskrank >= 2x the reference)")
     print("\nper-image cost (median ms), 500x375 q90:")
     for name, ms in decoders:
         print(f"  {name:<45} {ms:6.2f}")

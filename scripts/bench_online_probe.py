@@ -5,8 +5,10 @@
     python scripts/bench_online_probe.py --track --data-root DIR   # DIR/train, DIR/test class folders
 
 1. Cost (``MAEPretraining``, ViT-Tiny/4 MAE of configs/pretrain/mae_vit_tiny_cifar10.yaml, batch
-   128, SyntheticLowRank images): arms alternate round by round on copies of one model, validation
-   off; median seconds per training step (first step of each fit dropped):
+   128, SyntheticLowRank images): every arm runs once per round on a copy of one model, validation
+   off, in a fresh random order per round (``--seed``, printed; ``benchlib``); median seconds per
+   training step with its interquartile range (first step of each fit dropped), and the overhead
+   over the baseline paired per round (median and every round's value):
 
    * ``baseline``: no probe;
    * ``visible``: the default design (``probe_input: visible``), the probe reads the CLS token of
@@ -31,11 +33,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import importlib.util
 import statistics
 import sys
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -50,6 +53,20 @@ from maskrank.models.vit import ViTSpec
 from maskrank.sweep.results import spearman
 from maskrank.tasks import MAEPretraining
 from maskrank.tasks.online_probe import unmasked_feature
+
+
+def _sibling(name: str):
+    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().with_name(f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+benchlib = _sibling("benchlib")
 
 
 class StepTimer(pl.Callback):
@@ -99,28 +116,35 @@ def cost(args) -> None:
     data = SyntheticLowRank(
         num_classes=10, class_rank=4, train_size=128 * (steps + 2), val_size=64, batch_size=128
     )
-    times: dict[str, list[float]] = defaultdict(list)
     print(f"MAE vit_tiny_32, batch 128, cpu ({torch.get_num_threads()} threads)")
+    print(f"before: {benchlib.load_average()}")
     with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for arm, model in arms.items():
-                timer = StepTimer()
-                trainer = _trainer(Path(tmp), [timer], max_steps=steps + 1, limit_val_batches=0)
-                trainer.fit(copy.deepcopy(model), datamodule=data)
-                times[arm] += timer.times[1:]
-            print(
-                f"  round {round_ + 1}: "
-                + ", ".join(f"{a} {statistics.median(t[-steps:]):.3f}" for a, t in times.items())
+
+        def fit(model: MAEPretraining) -> list[float]:
+            timer = StepTimer()
+            trainer = _trainer(Path(tmp), [timer], max_steps=steps + 1, limit_val_batches=0)
+            trainer.fit(copy.deepcopy(model), datamodule=data)
+            return timer.times[1:]
+
+        runs = {arm: functools.partial(fit, model) for arm, model in arms.items()}
+        timings = benchlib.run_rounds(runs, args.rounds, args.seed, benchlib.print_round)
+    print(f"after: {benchlib.load_average()}")
+    print(f"arm order seed {args.seed}: " + "; ".join(" ".join(o) for o in timings.orders) + "\n")
+    rows = []
+    for arm in arms:
+        values = timings.all(arm)
+        step, low, high = benchlib.spread(values)
+        rows.append(
+            (
+                arm,
+                len(values),
+                f"{step:.4f} [{low:.3f}-{high:.3f}]",
+                benchlib.overhead_cell(timings.paired(arm, "baseline")),
             )
-    base = statistics.median(times["baseline"])
-    print(f"\n{'arm':12s} {'steps':>6s} {'median s/step':>14s} {'IQR':>15s} {'overhead':>9s}")
-    for arm, values in times.items():
-        q = statistics.quantiles(values, n=4)
-        step = statistics.median(values)
-        print(
-            f"{arm:12s} {len(values):6d} {step:14.4f} {q[0]:7.3f}-{q[2]:.3f} "
-            f"{100 * (step / base - 1):+8.1f}%"
         )
+    headers = ("arm", "steps", "median s/step [IQR]", "overhead, paired (per round)")
+    print(benchlib.markdown_table(headers, rows))
+    base = statistics.median(timings.all("baseline"))
     parts(arms["visible"], base)
 
 
@@ -267,6 +291,7 @@ def main() -> None:
     parser.add_argument("--probe-input", choices=["unmasked", "visible"], default="visible")
     parser.add_argument("--probe-every", type=int, default=1, help="unmasked: every N-th batch")
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arm order per round")
     args = parser.parse_args()
     if args.track:
         track(args)

@@ -1,40 +1,78 @@
 """Benchmark one MAE pretraining step: maskrank against a straightforward reference.
 
     python scripts/bench_pretrain.py                 # CIFAR ViT-Tiny/4 MAE, batch 128, this machine
-    python scripts/bench_pretrain.py --rounds 5 --steps 15
+    python scripts/bench_pretrain.py --rounds 5 --steps 15 --seed 7
+    python scripts/bench_pretrain.py --arms reference maskrank --profile
 
-Both arms train the same model (ViT-Tiny/4 encoder at 32 px, decoder 128 wide / 4 blocks / 4 heads,
-mask ratio 0.75, norm_pix_loss) from the same weights on the same images and masks; the script
-checks that their losses and gradients agree before timing anything ("identical math").
+Every arm trains the same model (ViT-Tiny/4 encoder at 32 px, decoder 128 wide / 4 blocks / 4
+heads, mask ratio 0.75, norm_pix_loss) from the same weights on the same images; the script checks
+that the reference and maskrank give the same loss and gradients from the same masks, and that the
+compiled step gives eager's, before timing anything ("identical math"). Arms:
 
-- reference: written here the way official MAE, lightly and most re-implementations do it: timm
-  blocks with their default attention (SDPA), argsort + gather masking, ``torch.optim.AdamW``
-  with its default implementation.
-- maskrank: ``maskrank.models.MaskedAutoencoder.training_loss`` (what the training step calls: the
-  last decoder block's MLP and the pixel head on masked tokens only) with maskrank's fused AdamW.
+- ``reference``: written here the way official MAE, lightly and most re-implementations do it:
+  timm blocks with their default attention (SDPA), argsort + gather masking, ``torch.optim.AdamW``
+  in torch's default implementation (a per-tensor loop on CPU) over MAE's parameter groups;
+- ``maskrank-torch-adamw``: ``maskrank.models.MaskedAutoencoder.training_loss`` (what the
+  training step calls: the last decoder block's MLP and the pixel head on masked tokens only,
+  matmul attention at short sequences on CPU) with the reference's optimizer: the model alone;
+- ``maskrank``: the same with maskrank's default optimizer, torch's fused AdamW (one lever more);
+- ``maskrank-compiled``: the same with every transformer block compiled in place, as
+  ``MAEPretraining(compile=True)`` does (its compile time is reported apart, not timed).
 
-Timing: ``rounds`` interleaved rounds; in each, every arm runs ``warmup`` untimed steps then
-``steps`` timed steps. Reported: median images/s over all timed steps, the paired ratio (median over
-rounds of maskrank's median step time over the reference's in the same round), FLOPs per step from
-``torch.utils.flop_counter`` (forward + backward), achieved GFLOP/s, and that rate as a fraction of
-an fp32 GEMM rate (a 1024^3 matmul, median of its own repeats) measured inside every round.
+Timing (``benchlib``): ``rounds`` rounds, the arms in a fresh random order in each (``--seed``,
+printed); in a round every arm runs ``warmup`` untimed steps then ``steps`` timed steps, timed in
+wall seconds or, with ``--clock cpu``, in the process's CPU seconds (on a machine shared with
+other work, with ``--threads 1``: the step's own work, inflated far less by the other processes).
+Reported:
+median images/s and ms/step with the interquartile range over all timed steps, the paired ratio
+against the reference (per round: the reference's median step time over the arm's; their median
+and every round's value), FLOPs per step from ``benchlib``'s analytic model (the same function for
+every arm; the masked tail is counted for the arms that compute it), achieved GFLOP/s, and that
+rate as a fraction of an fp32 GEMM rate (a 1024^3 matmul, median of its own repeats) measured
+before and after every round. The machine's load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import statistics
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from maskrank.models.mae import MaskedAutoencoder, normalize_patches, patchify
 from maskrank.models.masking import num_kept
 from maskrank.models.vit import ViTSpec
 from maskrank.optim import adamw
+from maskrank.tasks.compiling import check_compile, compile_blocks
+
+
+def _sibling(name: str):
+    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().with_name(f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+benchlib = _sibling("benchlib")
+
+ARMS = ("reference", "maskrank-torch-adamw", "maskrank", "maskrank-compiled")
+WHAT = {
+    "reference": "timm blocks, SDPA, argsort masking, torch AdamW (default implementation)",
+    "maskrank-torch-adamw": "`training_loss`, matmul attention, the reference's AdamW",
+    "maskrank": "`training_loss`, matmul attention, fused AdamW (maskrank's default)",
+    "maskrank-compiled": "as maskrank, every block compiled (`compile: true`)",
+}
 
 
 class ReferenceMAE(nn.Module):
@@ -84,12 +122,25 @@ class ReferenceMAE(nn.Module):
 
 
 class Arm:
-    """One way of running a training step: model + optimizer + how to call it."""
+    """One way of running a training step: model + optimizer + how to call it.
 
-    def __init__(self, name: str, model: nn.Module, opt: torch.optim.Optimizer, call) -> None:
+    ``mae`` is the MaskedAutoencoder whose geometry the FLOP model reads (default: ``model``);
+    ``masked_tail``: whether the call computes the last decoder MLP and head on masked tokens only.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        opt: torch.optim.Optimizer,
+        call: Callable[[torch.Tensor, int], torch.Tensor],
+        mask_ratio: float = 0.75,
+        masked_tail: bool = True,
+        mae: MaskedAutoencoder | None = None,
+    ) -> None:
         self.name, self.model, self.opt, self.call = name, model, opt, call
-        self.times: list[float] = []
-        self.round_medians: list[float] = []
+        self.mask_ratio, self.masked_tail = mask_ratio, masked_tail
+        self.mae = model if mae is None else mae
 
     def step(self, images: torch.Tensor, seed: int) -> float:
         loss = self.call(images, seed)
@@ -99,119 +150,180 @@ class Arm:
         return loss.item()
 
 
-def gemm_rate(n: int = 1024, repeats: int = 7) -> float:
-    """fp32 GEMM GFLOP/s, median of ``repeats`` timed n x n x n matmuls."""
+def gemm_rate(n: int = 1024, repeats: int = 7, clock: str = "wall") -> float:
+    """fp32 GEMM GFLOP/s, median of ``repeats`` timed n x n x n matmuls (on ``clock``)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
+    times = benchlib.time_steps(lambda: a @ b, 1, repeats, clock)
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def step_flops(arm: Arm, images: torch.Tensor) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        loss = arm.call(images, 0)
+    """Forward + backward FLOPs of one step of ``arm`` (``benchlib``'s analytic model)."""
+    kept = num_kept(arm.mae.num_patches, arm.mask_ratio)
+    return benchlib.mae_flops_of(arm.mae, images.shape[0], kept, arm.masked_tail).total
+
+
+def build_arms(names: list[str], ours: MaskedAutoencoder, batch: int, ratio: float) -> list[Arm]:
+    """The arms, each with its own copy of the same initial weights."""
+    length = ours.num_patches
+    keep = num_kept(length, ratio)
+    betas = (0.9, 0.95)
+    arms = []
+    for name in names:
+        if name == "reference":
+            ref = ReferenceMAE(ours)
+
+            def call_ref(x: torch.Tensor, seed: int, ref=ref) -> torch.Tensor:
+                # MAE's rule, as maskrank: keep the patches with the lowest noise of the same draw
+                gen = torch.Generator().manual_seed(seed)
+                return ref(x, torch.rand(batch, length, generator=gen), keep)
+
+            opt = adamw(ref.m, 1e-4, 0.05, betas, fused=False)
+            arms.append(Arm(name, ref, opt, call_ref, ratio, masked_tail=False, mae=ref.m))
+            continue
+        model = copy.deepcopy(ours)
+        if name == "maskrank-compiled":
+            compile_blocks([*model.encoder.blocks, *model.decoder_blocks])
+
+        def call_ours(x: torch.Tensor, seed: int, model=model) -> torch.Tensor:
+            gen = torch.Generator().manual_seed(seed)
+            return model.training_loss(x, ratio, "random", generator=gen)
+
+        fused = name != "maskrank-torch-adamw"
+        opt = adamw(model, 1e-4, 0.05, betas, fused=fused)
+        arms.append(Arm(name, model, opt, call_ours, ratio, masked_tail=True))
+    return arms
+
+
+def check_identical(arms: list[Arm], images: torch.Tensor) -> dict[str, float]:
+    """Loss and a gradient of every arm from the same weights and masks agree; returns the
+    seconds of each arm's first step (a compiled arm's compile time)."""
+    first: dict[str, float] = {}
+    losses, grads = {}, {}
+    for arm in arms:
+        start = time.perf_counter()
+        loss = arm.call(images, 123)
         loss.backward()
-    arm.opt.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
+        first[arm.name] = time.perf_counter() - start
+        losses[arm.name] = loss.item()
+        grads[arm.name] = arm.mae.encoder.blocks[0].attn.qkv.weight.grad.clone()
+        arm.opt.zero_grad(set_to_none=True)
+    base = arms[0].name
+    for name in losses:
+        # a compiled step fuses and reorders float sums: equal up to rounding, not bit for bit
+        tol = 10.0 if name == "maskrank-compiled" else 1.0
+        assert abs(losses[name] - losses[base]) <= tol * 1e-5 * abs(losses[base]), losses
+        torch.testing.assert_close(grads[name], grads[base], rtol=tol * 1e-4, atol=tol * 1e-6)
+    print(
+        f"check: same loss ({', '.join(f'{n} {v:.6f}' for n, v in losses.items())}) and "
+        "gradients from the same weights and masks"
+    )
+    return first
+
+
+def profile(arm: Arm, images: torch.Tensor, steps: int = 3, rows: int = 15) -> None:
+    """torch.profiler's top operators of ``steps`` steps of ``arm``, by self CPU time."""
+    arm.step(images, 0)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for seed in range(steps):
+            arm.step(images, seed)
+    print(f"\nprofile of {arm.name}, {steps} steps, top {rows} operators by self CPU time:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per arm per round")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per arm per round")
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--mask-ratio", type=float, default=0.75)
     parser.add_argument("--preset", default="vit_tiny_32")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the arm order per round")
+    parser.add_argument("--profile", action="store_true", help="profile every arm afterwards")
+    parser.add_argument(
+        "--clock", choices=list(benchlib.CLOCKS), default="wall", help="wall or process CPU time"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = ["reference"] + [n for n in args.arms if n != "reference"]  # the paired baseline
 
+    print(f"before: {benchlib.load_average()}")
+    if "maskrank-compiled" in names:
+        check_compile(torch.device("cpu"))
     torch.manual_seed(0)
     encoder = ViTSpec(preset=args.preset).build(img_size=32, in_chans=3, num_classes=0)
     ours = MaskedAutoencoder(encoder, decoder_dim=128, decoder_depth=4, decoder_heads=4)
-    ref = ReferenceMAE(ours)
-    length = ours.num_patches
-    keep = num_kept(length, args.mask_ratio)
+    arms = build_arms(names, ours, args.batch, args.mask_ratio)
     images = torch.randn(args.batch, 3, 32, 32)
+    first = check_identical(arms, images)
+    if "maskrank-compiled" in first:
+        print(f"first compiled step (compiles the blocks): {first['maskrank-compiled']:.1f} s")
 
-    def call_ours(x: torch.Tensor, seed: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(seed)
-        return ours.training_loss(x, args.mask_ratio, "random", generator=gen)
-
-    def call_ref(x: torch.Tensor, seed: int) -> torch.Tensor:
-        # both keep the patches with the lowest noise (MAE's rule): the same draw, the same masks
-        gen = torch.Generator().manual_seed(seed)
-        return ref(x, torch.rand(args.batch, length, generator=gen), keep)
-
-    ref_opt = torch.optim.AdamW(
-        [p for p in ref.parameters() if p.requires_grad],
-        lr=1e-4,
-        betas=(0.9, 0.95),
-        weight_decay=0.05,
-    )
-    arms = [
-        Arm("reference", ref, ref_opt, call_ref),
-        Arm("maskrank", ours, adamw(ours, 1e-4, 0.05, (0.9, 0.95)), call_ours),
-    ]
-
-    # Identical math: same loss and same gradients from the same weights, images and masks.
-    losses = []
-    for arm in arms:
-        loss = arm.call(images, 123)
-        loss.backward()
-        losses.append(loss.item())
-    g_ref = ref.m.encoder.blocks[0].attn.qkv.weight.grad
-    g_ours = ours.encoder.blocks[0].attn.qkv.weight.grad
-    assert abs(losses[0] - losses[1]) <= 1e-5 * abs(losses[0]), losses
-    torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-6)
-    for arm in arms:
-        arm.opt.zero_grad(set_to_none=True)
-    print(f"check: same loss ({losses[0]:.6f} vs {losses[1]:.6f}) and gradients from same weights")
-
-    flops = {arm.name: step_flops(arm, images) for arm in arms}
     gemm: list[float] = []
-    seed = 0
-    for r in range(args.rounds):
-        gemm.append(gemm_rate())
-        for arm in arms if r % 2 == 0 else arms[::-1]:
-            for _ in range(args.warmup):
-                arm.step(images, seed := seed + 1)
-            times = []
-            for _ in range(args.steps):
-                t0 = time.perf_counter()
-                arm.step(images, seed := seed + 1)
-                times.append(time.perf_counter() - t0)
-            arm.times += times
-            arm.round_medians.append(statistics.median(times))
-        gemm.append(gemm_rate())
+    seeds = iter(range(1, 10**9))
+
+    def round_of(arm: Arm) -> Callable[[], list[float]]:
+        return lambda: benchlib.time_steps(
+            lambda: arm.step(images, next(seeds)), args.warmup, args.steps, args.clock
+        )
+
+    def report(r: int, medians: dict[str, float]) -> None:
+        gemm.append(gemm_rate(clock=args.clock))
+        benchlib.print_round(r, medians)
+
+    gemm.append(gemm_rate(clock=args.clock))
+    timings = benchlib.run_rounds(
+        {arm.name: round_of(arm) for arm in arms}, args.rounds, args.seed, report
+    )
+    print(f"after: {benchlib.load_average()}")
 
     peak = statistics.median(gemm)
-    ref_arm = arms[0]
     print(
         f"\nCPU threads: {torch.get_num_threads()}, batch {args.batch}, {args.preset} MAE, "
-        f"mask {args.mask_ratio}, {args.rounds} rounds x {args.steps} timed steps per arm"
+        f"mask {args.mask_ratio}, {args.rounds} rounds x {args.steps} timed steps per arm, "
+        f"{args.clock} clock, "
+        f"arm order seed {args.seed}: " + "; ".join(" ".join(order) for order in timings.orders)
     )
-    print(f"fp32 GEMM rate (1024^3 matmul, median of {len(gemm)}): {peak:.1f} GFLOP/s\n")
-    header = (
-        f"{'arm':<10} {'img/s':>8} {'ms/step':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} "
-        f"{'% GEMM':>7} {'vs ref':>7}"
+    print(
+        f"fp32 GEMM rate (1024^3 matmul, median of {len(gemm)}, around every round): "
+        f"{peak:.1f} GFLOP/s [{min(gemm):.1f}, {max(gemm):.1f}]\n"
     )
-    print(header)
-    print("-" * len(header))
+    rows = []
     for arm in arms:
-        med = statistics.median(arm.times)
-        rate = flops[arm.name] / med / 1e9
-        paired = statistics.median(
-            r / a for r, a in zip(ref_arm.round_medians, arm.round_medians, strict=True)
+        med, low, high = benchlib.spread(timings.all(arm.name))
+        flops = step_flops(arm, images)
+        rate = flops / med / 1e9
+        rows.append(
+            (
+                f"{arm.name} ({WHAT[arm.name]})",
+                f"{args.batch / med:.1f}",
+                f"{med * 1e3:.0f} [{low * 1e3:.0f}-{high * 1e3:.0f}]",
+                f"{flops / 1e9:.1f}",
+                f"{rate:.1f}",
+                f"{100 * rate / peak:.1f} %",
+                benchlib.ratio_cell(timings.paired(arm.name, "reference")),
+            )
         )
-        print(
-            f"{arm.name:<10} {args.batch / med:8.1f} {med * 1e3:9.1f} "
-            f"{flops[arm.name] / 1e9:11.2f} {rate:8.1f} {100 * rate / peak:6.1f}% {paired:6.2f}x"
-        )
+    headers = (
+        "arm",
+        "img/s",
+        "ms/step (IQR)",
+        "GFLOP/step",
+        "GFLOP/s",
+        "% of GEMM rate",
+        "vs reference, paired (per round)",
+    )
+    print(benchlib.markdown_table(headers, rows))
+    chain = [n for n in ARMS if n in timings.samples and n != "reference"]
+    for before, after in zip(chain[:-1], chain[1:], strict=False):
+        print(f"lever {before} -> {after}: " + benchlib.ratio_cell(timings.paired(after, before)))
+    if args.profile:
+        for arm in arms:
+            profile(arm, images)
 
 
 if __name__ == "__main__":

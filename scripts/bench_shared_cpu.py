@@ -3,9 +3,12 @@
     python scripts/bench_shared_cpu.py                    # 3-epoch quickstart, both policies
     python scripts/bench_shared_cpu.py --epochs 1 --policies passive
 
-For each policy it times one ``maskrank fit -c configs/quickstart.yaml`` alone, then two started
+For each policy it times one ``maskrank fit -c configs/quickstart.yaml`` alone and two started
 together, and prints wall seconds, CPU seconds and the slowdown of a shared run over the alone
-run (a fair share of the cores would be 2.0x for two runs). ``spin`` is libgomp's own default
+run (a fair share of the cores would be 2.0x for two runs). The four runs of a round (each policy
+alone and shared) go in a fresh random order per round (``--seed``, printed; ``benchlib``); the
+slowdown is paired per round (the round's shared wall time over its alone one: their median and
+every round's value). ``spin`` is libgomp's own default
 (threads spin 300,000 rounds before they sleep, ``GOMP_SPINCOUNT=300000``); ``passive`` is
 maskrank's default (``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep at once).
 """
@@ -13,6 +16,7 @@ maskrank's default (``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep at once).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import statistics
@@ -21,6 +25,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def _sibling(name: str):
+    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
+    if name not in sys.modules:
+        path = Path(__file__).resolve().with_name(f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # before running it: dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+benchlib = _sibling("benchlib")
 
 POLICIES = {"spin": {"GOMP_SPINCOUNT": "300000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
@@ -44,21 +62,23 @@ def _command(epochs: int, out: Path, tag: str) -> list[str]:
     ]
 
 
-def _run(commands: list[list[str]], env: dict[str, str]) -> list[tuple[float, float]]:
-    """Start ``commands`` together; (wall s, CPU s) of each."""
+def _run(commands: list[list[str]], env: dict[str, str]) -> tuple[list[float], float]:
+    """Start ``commands`` together; the wall seconds of each and their CPU seconds together."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     procs = [
         subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for c in commands
     ]
-    results = []
+    walls = []
     for proc in procs:
         _, err = proc.communicate()
         if proc.returncode != 0:
             raise SystemExit(f"bench_shared_cpu: a fit failed:\n{err.decode()[-2000:]}")
-        results.append(time.perf_counter() - start)
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return [(wall, usage.ru_utime + usage.ru_stime) for wall in results]
+        walls.append(time.perf_counter() - start)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return walls, cpu
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,34 +91,66 @@ def main(argv: list[str] | None = None) -> None:
         choices=list(POLICIES),
         help="OpenMP wait policies to compare (spin passive)",
     )
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of every run (1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run order per round")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs {args.epochs}: expected >= 1")
-    rows = []
+    if args.rounds < 1:
+        parser.error(f"--rounds {args.rounds}: expected >= 1")
+    cpu: dict[str, list[float]] = {}  # run -> CPU seconds per fit, per round
+    print(f"before: {benchlib.load_average()}")
     with tempfile.TemporaryDirectory() as tmp:
-        for policy in args.policies:
+
+        def run(policy: str, shared: bool):
             env = {
                 k: v
                 for k, v in os.environ.items()
                 if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
             }
             env.update(POLICIES[policy])
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu0 = before.ru_utime + before.ru_stime
-            ((alone, cpu1),) = _run([_command(args.epochs, Path(tmp), f"{policy}_alone")], env)
-            pair = _run([_command(args.epochs, Path(tmp), f"{policy}_{i}") for i in range(2)], env)
-            shared = statistics.median(wall for wall, _ in pair)
-            cpu_pair = pair[-1][1] - cpu1
-            rows.append((policy, alone, cpu1 - cpu0, shared, cpu_pair / 2, shared / alone))
-    print(
-        f"{'policy':<8} {'alone s':>8} {'alone CPU s':>11} {'shared s':>9} {'shared CPU s':>12} {'slowdown':>9}"
-    )
-    for policy, alone, cpu_alone, shared, cpu_shared, ratio in rows:
-        print(
-            f"{policy:<8} {alone:>8.1f} {cpu_alone:>11.1f} {shared:>9.1f} {cpu_shared:>12.1f} {ratio:>8.2f}x"
+            name = f"{policy}/{'shared' if shared else 'alone'}"
+
+            def go() -> list[float]:
+                fits = 2 if shared else 1
+                tag = f"{policy}_{'shared' if shared else 'alone'}"
+                commands = [_command(args.epochs, Path(tmp), f"{tag}_{i}") for i in range(fits)]
+                walls, seconds = _run(commands, env)
+                cpu.setdefault(name, []).append(seconds / fits)
+                return walls
+
+            return name, go
+
+        runs = dict(run(policy, shared) for policy in args.policies for shared in (False, True))
+        timings = benchlib.run_rounds(runs, args.rounds, args.seed, benchlib.print_round)
+    print(f"after: {benchlib.load_average()}")
+    print(f"run order seed {args.seed}: " + "; ".join(" ".join(o) for o in timings.orders) + "\n")
+    rows = []
+    for policy in args.policies:
+        alone, shared = f"{policy}/alone", f"{policy}/shared"
+        slowdown = [1 / x for x in timings.paired(shared, alone)]  # shared wall over alone
+        rows.append(
+            (
+                policy,
+                f"{statistics.median(timings.all(alone)):.1f}",
+                f"{statistics.median(cpu[alone]):.1f}",
+                f"{statistics.median(timings.all(shared)):.1f}",
+                f"{statistics.median(cpu[shared]):.1f}",
+                benchlib.ratio_cell(slowdown),
+            )
         )
+    headers = (
+        "policy",
+        "alone s",
+        "alone CPU s",
+        "shared s",
+        "shared CPU s per fit",
+        "slowdown, paired (per round)",
+    )
+    print(benchlib.markdown_table(headers, rows))
     print(
-        f"({os.cpu_count()} cores; a fair share for two runs is 2.00x; quickstart, {args.epochs} epochs)"
+        f"({os.cpu_count()} cores; a fair share for two runs is 2.00x; quickstart, "
+        f"{args.epochs} epochs)"
     )
 
 

@@ -59,6 +59,7 @@ from maskrank.tasks.adaptation import (
     init_head,
     setup_adaptation,
 )
+from maskrank.tasks.compiling import check_compile, compile_blocks
 from maskrank.tasks.mixup import BatchMixer, MixupSpec, as_mixup_spec, soft_target_cross_entropy
 from maskrank.tasks.pretrain import effective_batch_size
 from maskrank.tasks.sharding import shard_for_strategy, shard_model
@@ -120,6 +121,9 @@ class ImageClassifier(pl.LightningModule):
         head_init_std: re-draw the linear head's weight from a normal truncated at 2 std with
             this std (bias 0) after the encoder is loaded, as MAE does before fine-tuning (2e-5:
             the first logits are near 0); null keeps timm's init (std 0.02).
+        compile: ``torch.compile`` every transformer block in place, after the adaptation
+            wrapped its layers (:mod:`maskrank.tasks.compiling`); the first steps are slow while
+            it compiles, and a device it cannot compile for is refused before training.
     """
 
     def __init__(
@@ -145,6 +149,7 @@ class ImageClassifier(pl.LightningModule):
         optimizer: OptimizerSpec | None = None,
         mixup: MixupSpec | None = None,
         head_init_std: float | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         spec = as_spec(vit)
@@ -210,6 +215,8 @@ class ImageClassifier(pl.LightningModule):
         self.mixer = (
             None if mixup_spec is None else BatchMixer(mixup_spec, num_classes, label_smoothing)
         )
+        if compile:  # after the adapters and dropout are in place, so that it traces them
+            compile_blocks(self.model.blocks)
         if lora_spec is not None and lora_spec.init == "gradient":
             # set once the adapters are initialised from data; a resumed fit restores it (and the
             # offset base weights), so the init never runs twice
@@ -256,7 +263,10 @@ class ImageClassifier(pl.LightningModule):
         return self.model(images)
 
     def setup(self, stage: str) -> None:
-        """Refuse an odd batch with ``mixup`` before fitting (timm mixes mirrored pairs)."""
+        """Refuse, before fitting, ``compile`` where torch.compile cannot build kernels and an
+        odd batch with ``mixup`` (timm mixes mirrored pairs)."""
+        if self.hparams.compile and self._trainer is not None:
+            check_compile(self.trainer.strategy.root_device)
         if self.mixer is None or stage != "fit" or self._trainer is None:
             return
         datamodule = self.trainer.datamodule

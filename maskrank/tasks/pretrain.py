@@ -43,6 +43,7 @@ from maskrank.optim import (
     plan_optimizer,
     warmup_cosine_schedule,
 )
+from maskrank.tasks.compiling import check_compile, compile_blocks
 from maskrank.tasks.online_probe import (
     Feature,
     OnlineLinearProbe,
@@ -97,8 +98,9 @@ class MAEPretraining(pl.LightningModule):
         fused_adamw: torch's fused AdamW kernel (None: fused on CPU and CUDA).
         attention: ``auto`` (plain matmul attention on CPU for short sequences, SDPA otherwise),
             ``sdpa`` or ``matmul``; the same function either way.
-        compile: ``torch.compile`` every transformer block (worth it on GPUs for long runs; the
-            first steps are slow while it compiles).
+        compile: ``torch.compile`` every transformer block in place
+            (:mod:`maskrank.tasks.compiling`); the first steps are slow while it compiles, and
+            a device it cannot compile for is refused before training.
         dropout: dropout variant(s) installed in the encoder and/or decoder blocks
             (``maskrank.models.dropout.DropoutSpec``: ``variant`` feature/attention/drop_path/
             dropconnect, ``rate``, ``where``, ``blocks``, ``targets``, ``mode``); a list
@@ -112,7 +114,7 @@ class MAEPretraining(pl.LightningModule):
             §8); every non-target parameter stays on AdamW.
         num_classes: classes of the datamodule's labels; the CLI links it from the data (only
             the online probe uses labels).
-        online_probe: train a linear probe (BatchNorm without affine parameters + linear) on the
+        online_probe: train a linear probe (running whitening + linear) on the
             detached ``probe_feature`` with the training batch's labels, and log its accuracy on
             the validation batches as ``eval/online_linear_acc``. Its gradients never reach the
             encoder.
@@ -221,9 +223,7 @@ class MAEPretraining(pl.LightningModule):
         # FSDP1 would otherwise all look like biases); a bad GaLore rank or target fails here.
         self.optimizer_plan = plan_optimizer(self.mae, optimizer_spec)
         if compile:
-            # In place, so parameter names (and checkpoints) stay those of the plain modules.
-            for block in [*encoder.blocks, *self.mae.decoder_blocks]:
-                block.compile()
+            compile_blocks([*encoder.blocks, *self.mae.decoder_blocks])
         self.online_probe = (
             OnlineLinearProbe(encoder.embed_dim, num_classes)
             if online_probe and num_classes is not None
@@ -255,6 +255,11 @@ class MAEPretraining(pl.LightningModule):
     def current_mask_ratio(self) -> float:
         total = max(1, self.trainer.estimated_stepping_batches) if self._trainer else 1
         return self.masking.ratio_at(self.global_step / total, self._ratio_rng)
+
+    def setup(self, stage: str) -> None:
+        """With ``compile``, check that torch.compile works on the training device first."""
+        if self.hparams.compile and self._trainer is not None:
+            check_compile(self.trainer.strategy.root_device)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0]
