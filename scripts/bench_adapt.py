@@ -41,7 +41,6 @@ before and after.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -50,6 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
 import torch
 from torch import nn
 
@@ -59,20 +59,6 @@ from maskrank.optim import adamw
 from maskrank.tasks import ImageClassifier
 from maskrank.tasks.adaptation import trainable_parameters
 from maskrank.tasks.compiling import check_compile
-
-
-def _sibling(name: str):
-    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name(f"{name}.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-benchlib = _sibling("benchlib")
 
 ARMS = {
     "full": {},

@@ -40,16 +40,15 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import importlib.util
 import math
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -64,20 +63,6 @@ from maskrank.callbacks import (
 from maskrank.data import SyntheticLowRank
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import MAEPretraining
-
-
-def _sibling(name: str):
-    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name(f"{name}.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-benchlib = _sibling("benchlib")
 
 CIFAR10_TRAIN = 50_000
 

@@ -29,17 +29,16 @@ of the candidate libraries, and crop-box statistics of both loaders (same distri
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import math
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -50,20 +49,6 @@ from torchvision.datasets import ImageFolder
 import maskrank.data.images.decode as decode_module
 from maskrank.data.images.crops import CropSpec, crop_rng, random_resized_box
 from maskrank.data.images.file_crops import CroppedImageFiles
-
-
-def _sibling(name: str):
-    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name(f"{name}.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-benchlib = _sibling("benchlib")
 
 SIZE, SCALE, RATIO = 224, (0.2, 1.0), (3 / 4, 4 / 3)
 FEED_TARGET = 3000  # img/s a ViT-B/16 MAE step consumes on a fast GPU

@@ -34,13 +34,13 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import importlib.util
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -53,20 +53,6 @@ from maskrank.models.vit import ViTSpec
 from maskrank.sweep.results import spearman
 from maskrank.tasks import MAEPretraining
 from maskrank.tasks.online_probe import unmasked_feature
-
-
-def _sibling(name: str):
-    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name(f"{name}.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-benchlib = _sibling("benchlib")
 
 
 class StepTimer(pl.Callback):

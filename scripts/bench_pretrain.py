@@ -36,13 +36,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
 import torch
 from torch import nn
 
@@ -51,20 +49,6 @@ from maskrank.models.masking import num_kept
 from maskrank.models.vit import ViTSpec
 from maskrank.optim import adamw
 from maskrank.tasks.compiling import check_compile, compile_blocks
-
-
-def _sibling(name: str):
-    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name(f"{name}.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-benchlib = _sibling("benchlib")
 
 ARMS = ("reference", "maskrank-torch-adamw", "maskrank", "maskrank-compiled")
 WHAT = {

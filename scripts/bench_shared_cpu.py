@@ -16,7 +16,6 @@ maskrank's default (``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep at once).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import resource
 import statistics
@@ -26,19 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def _sibling(name: str):
-    """``scripts/<name>.py`` loaded by its path: the script runs whatever ``sys.path`` holds."""
-    if name not in sys.modules:
-        path = Path(__file__).resolve().with_name(f"{name}.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # before running it: dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-benchlib = _sibling("benchlib")
+import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
 
 POLICIES = {"spin": {"GOMP_SPINCOUNT": "300000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 
