@@ -1,7 +1,7 @@
 """Shared benchmark code: one analytic FLOP model, shuffled paired rounds, spreads, tables.
 
-Scripts load this file by its path (``_sibling("benchlib")`` in each), so
-``python scripts/bench_x.py`` works from any directory and whatever ``sys.path`` holds.
+The bench scripts ``import benchlib``: Python puts a script's own folder first on ``sys.path``, so
+``python scripts/bench_x.py`` finds it from any working directory.
 
 **FLOP model** (:func:`mae_step_flops`, :func:`classifier_step_flops`). A step's FLOPs are those of
 its matrix products, counted as 2 m k n per (m x k) @ (k x n) product, the convention of
