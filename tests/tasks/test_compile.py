@@ -114,7 +114,6 @@ def _compiled_classifier() -> ImageClassifier:
     ids=["pretraining", "classification"],
 )
 def test_a_broken_toolchain_is_refused_before_training(compiler, monkeypatch, tmp_path, build):
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
     monkeypatch.setattr(compiling, "_CHECKED", set())
     torch._dynamo.reset()  # no cached probe: it must build again with the broken compiler
     steps = _Steps()
@@ -127,7 +126,10 @@ def test_a_broken_toolchain_is_refused_before_training(compiler, monkeypatch, tm
         default_root_dir=tmp_path,
         callbacks=[steps],
     )
-    with pytest.raises(ConfigError) as caught:
+    # inductor's own config patch: restores the compiler setting exactly, whatever state an
+    # earlier test left the config module in
+    broken = torch._inductor.config.patch({"cpp.cxx": ("/nonexistent/c++",)})
+    with broken, pytest.raises(ConfigError) as caught:
         trainer.fit(build(), datamodule=tiny_data())
     message = str(caught.value)
     assert "model.init_args.compile" in message and "\n" not in message
