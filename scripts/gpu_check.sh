@@ -17,4 +17,4 @@ if [[ " $* " != *" --cpu-smoke "* ]]; then
     exit "${status}"
   fi
 fi
-exec "${python}" "${repo}/scripts/gpu_check.py" "$@"
+exec "${python}" "${repo}/scripts/benchmarks/gpu_check.py" "$@"

@@ -1,4 +1,4 @@
-"""scripts/benchlib.py: its analytic FLOP model against torch's counter, and its paired rounds."""
+"""scripts/benchmarks/benchlib.py: its analytic FLOP model against torch's counter, and its paired rounds."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from maskrank.models.vit import ViTSpec
 from maskrank.tasks import ImageClassifier
 from testkit.tiny import TINY_MAE, TINY_VIT
 
-PATH = Path(__file__).resolve().parent.parent / "scripts" / "benchlib.py"
+PATH = Path(__file__).resolve().parent.parent / "scripts" / "benchmarks" / "benchlib.py"
 
 
 def _load():

@@ -1,4 +1,4 @@
-"""scripts/compare_peer.py on its maskrank-only path (no lightly, no ../shared): a tiny generated
+"""scripts/learning/compare_peer.py on its maskrank-only path (no lightly, no ../shared): a tiny generated
 ImageFolder, the tiny ViT preset, a smoke budget, one CPU thread."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from testkit.sources import textured_image
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "compare_peer.py"
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "learning" / "compare_peer.py"
 CLASSES = 4
 TINY = [
     "--preset",

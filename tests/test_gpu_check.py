@@ -15,7 +15,7 @@ import torch
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check.sh"
 
 NUMBER = r"([\d,]+)"
-# (what, figure, note) of every row --cpu-smoke promises (scripts/gpu_check.py's docstring), in
+# (what, figure, note) of every row --cpu-smoke promises (scripts/benchmarks/gpu_check.py's docstring), in
 # order; the groups are the figures the table derives from one another
 ROWS = [
     (

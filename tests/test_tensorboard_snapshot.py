@@ -1,4 +1,4 @@
-"""scripts/tensorboard_snapshot.py without a browser: its arguments, errors and command lines."""
+"""scripts/tools/tensorboard_snapshot.py without a browser: its arguments, errors and command lines."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parent.parent / "scripts" / "tensorboard_snapshot.py"
+PATH = Path(__file__).resolve().parent.parent / "scripts" / "tools" / "tensorboard_snapshot.py"
 
 
 def _load():

@@ -85,7 +85,7 @@ class RepresentationRankMonitor(pl.Callback):
         every_n_epochs: measure after every this many validation epochs of a fit (a stand-alone
             validate always measures). The default 5 kept the cost at 0.8 % of training:
             the probe pass of 10·D full-token images costs about 4 % of a CIFAR-10
-            epoch of ViT-Tiny MAE (measured on CPU by scripts/bench_callbacks.py).
+            epoch of ViT-Tiny MAE (measured on CPU by scripts/benchmarks/bench_callbacks.py).
         probe_size: images in the probe set; None means 10 x the encoder width (RankMe needs about
             10·D samples), clamped to the held-out split's size. Keep it fixed to compare runs.
         batch_size: images per forward pass of the probe (memory, not results).

@@ -24,7 +24,7 @@ from maskrank.models.masking import Masking, Strategy, gather_tokens, make_maski
 
 AttentionImpl = Literal["auto", "sdpa", "matmul"]
 # On CPU, below this many tokens "auto" uses plain matmul-softmax-matmul attention instead of SDPA.
-# Earlier torch builds ran SDPA slower at short sequences; with torch 2.15 scripts/bench_pretrain.py
+# Earlier torch builds ran SDPA slower at short sequences; with torch 2.15 scripts/benchmarks/bench_pretrain.py
 # measured no difference for the CIFAR ViT-Tiny MAE (17 and 65 tokens). On GPUs SDPA always wins.
 CPU_SDPA_MIN_TOKENS = 128
 # MAE's LayerNorm epsilon (its ``partial(nn.LayerNorm, eps=1e-6)``), also timm's ViT default.

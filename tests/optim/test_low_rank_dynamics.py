@@ -1,4 +1,4 @@
-"""The deep-linear ground truth of scripts/low_rank_dynamics.py on a tiny instance (SCIENCE.md §8,
+"""The deep-linear ground truth of scripts/experiments/low_rank_dynamics.py on a tiny instance (SCIENCE.md §8,
 Yaras et al. 2023): from a small orthogonal init at most 2r singular values of each factor move,
 the update keeps one 2r-dimensional subspace, and the width-2r network follows the same
 trajectory; a Gaussian init (the control) moves far more than 2r."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "low_rank_dynamics.py"
+SCRIPT = Path(__file__).parents[2] / "scripts" / "experiments" / "low_rank_dynamics.py"
 
 
 @pytest.fixture(scope="module")

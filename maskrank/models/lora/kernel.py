@@ -1,7 +1,7 @@
 """The LoRA forward/backward kernel: ``x W'ᵀ + b`` with ``W' = W₀ + s B A`` merged on the fly (SCIENCE.md §6).
 
 One GEMM forward with the merged weight, a backward with one full-size GEMM plus rank-``r`` products
-in their fast orientation, and never the (frozen) ``W₀`` gradient. ``scripts/bench_adapt.py``
+in their fast orientation, and never the (frozen) ``W₀`` gradient. ``scripts/benchmarks/bench_adapt.py``
 measures it against peft's layers.
 """
 

@@ -1,7 +1,7 @@
 """How long maskrank's commands take to start, and which imports that time goes to.
 
-    python scripts/bench_startup.py                 # 3 fresh processes per command
-    python scripts/bench_startup.py --repeats 5
+    python scripts/benchmarks/bench_startup.py                 # 3 fresh processes per command
+    python scripts/benchmarks/bench_startup.py --repeats 5
 
 Each command runs in a fresh process (nothing cached in the interpreter; the OS file cache is warm
 after the first run, which is what a user sees from their second command on). Printed per command:
@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMMANDS: dict[str, list[str]] = {
     "maskrank --help": [sys.executable, "-m", "maskrank", "--help"],
     "maskrank --version": [sys.executable, "-m", "maskrank", "--version"],

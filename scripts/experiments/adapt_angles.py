@@ -1,7 +1,7 @@
 """Principal angles between each adapter's final update and the full fine-tune's (SCIENCE.md §8).
 
-    python scripts/adapt_angles.py runs/sweeps/adaptation            # a swept adaptation.yaml
-    python scripts/adapt_angles.py --full FT.ckpt ADAPTER.ckpt [...]  # any classifier checkpoints
+    python scripts/experiments/adapt_angles.py runs/sweeps/adaptation            # a swept adaptation.yaml
+    python scripts/experiments/adapt_angles.py --full FT.ckpt ADAPTER.ckpt [...]  # any classifier checkpoints
 
 On a sweep directory it also prints the adaptation table: per arm, the mean over seeds (and the
 range) of ``adapt:val/acc``, ``cost/trainable_params`` and ``cost/step_s`` from the sweep's

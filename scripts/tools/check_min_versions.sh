@@ -2,7 +2,7 @@
 # Proves the lower bounds of pyproject.toml: installs every dependency at exactly its `>=X` bound
 # (`[project] dependencies` and the `dev` extra) into a fresh venv, checks that pip really installed
 # X, then runs the fast tests (`-m "not slow"`) against that venv.
-#   bash scripts/check_min_versions.sh [--tests PATHS...] [--python PYTHON] [--keep]
+#   bash scripts/tools/check_min_versions.sh [--tests PATHS...] [--python PYTHON] [--keep]
 #     --tests PATHS...  run only these test files or folders (default: the whole fast suite)
 #     --python PYTHON   interpreter the venv is made from (default: $PYTHON or python3; >= 3.11,
 #                       whose tomllib reads pyproject.toml)
@@ -11,7 +11,7 @@
 # bound, or when a test fails. The torch bound is a CUDA build from PyPI: a few GB to download.
 set -euo pipefail
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="${PYTHON:-python3}"
 keep=0
 tests=()

@@ -1,9 +1,9 @@
 """Shared benchmark code: one analytic FLOP model, shuffled paired rounds, spreads, tables.
 
 The bench scripts ``import benchlib``: Python puts a script's own folder first on ``sys.path``, so
-``python scripts/bench_x.py`` finds it from any working directory.
+``python scripts/benchmarks/bench_x.py`` finds it from any working directory.
 
-**FLOP model** (:func:`mae_step_flops`, :func:`classifier_step_flops`). A step's FLOPs are those of
+**FLOP model** (:func:`mae_flops_of`, :func:`classifier_step_flops`). A step's FLOPs are those of
 its matrix products, counted as 2 m k n per (m x k) @ (k x n) product, the convention of
 ``torch.utils.flop_counter`` and of MFU figures; normalizations, softmax, GELU, residual adds,
 masking gathers and the optimizer are not counted. The products of a pre-norm timm ViT block over
@@ -36,6 +36,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import pytorch_lightning as pl
+import torch
+
 __all__ = [
     "CLOCKS",
     "LORA_TARGETS",
@@ -49,7 +52,6 @@ __all__ = [
     "load_average",
     "mae_flops_of",
     "mae_gemms",
-    "mae_step_flops",
     "markdown_table",
     "overhead_cell",
     "overheads",
@@ -234,25 +236,11 @@ def mae_gemms(
     return gemms
 
 
-def mae_step_flops(
-    encoder: ViTShape,
-    batch: int,
-    kept: int,
-    decoder_dim: int,
-    decoder_depth: int,
-    decoder_hidden: int,
-    masked_tail: bool = False,
-) -> StepFlops:
-    """Forward and backward FLOPs of one MAE training step (:func:`mae_gemms`)."""
-    return total_flops(
-        mae_gemms(encoder, batch, kept, decoder_dim, decoder_depth, decoder_hidden, masked_tail)
-    )
-
-
 def mae_flops_of(mae, batch: int, kept: int, masked_tail: bool = False) -> StepFlops:
-    """:func:`mae_step_flops` with the geometry read from a built ``MaskedAutoencoder``."""
+    """Forward and backward FLOPs of one MAE training step (:func:`mae_gemms`), the geometry read
+    from a built ``MaskedAutoencoder``."""
     blocks = mae.decoder_blocks
-    return mae_step_flops(
+    gemms = mae_gemms(
         ViTShape.of(mae.encoder),
         batch,
         kept,
@@ -261,6 +249,7 @@ def mae_flops_of(mae, batch: int, kept: int, masked_tail: bool = False) -> StepF
         blocks[0].mlp.fc1.out_features,
         masked_tail,
     )
+    return total_flops(gemms)
 
 
 def classifier_gemms(
@@ -330,6 +319,26 @@ def time_steps(
         step()
         times.append(now() - start)
     return times
+
+
+class StepTimer(pl.Callback):
+    """Wall seconds of every training step inside a ``Trainer`` (end of one step to the end of the
+    next, so the data loading and every callback hook of the step count; CUDA is synchronised)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._last: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._last is None:
+            self._last = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.times.append(now - self._last)  # type: ignore[operator]
+        self._last = now
 
 
 @dataclass

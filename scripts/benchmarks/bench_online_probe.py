@@ -1,8 +1,8 @@
 """Which features should MAE's online linear probe read? Cost of three designs, and tracking.
 
-    python scripts/bench_online_probe.py                 # cost: 5 arms, 2 interleaved rounds, parts
-    python scripts/bench_online_probe.py --track         # does the online probe track offline?
-    python scripts/bench_online_probe.py --track --data-root DIR   # DIR/train, DIR/test class folders
+    python scripts/benchmarks/bench_online_probe.py                 # cost: 5 arms, 2 interleaved rounds, parts
+    python scripts/benchmarks/bench_online_probe.py --track         # does the online probe track offline?
+    python scripts/benchmarks/bench_online_probe.py --track --data-root DIR   # DIR/train, DIR/test class folders
 
 1. Cost (``MAEPretraining``, ViT-Tiny/4 MAE of configs/pretrain/mae_vit_tiny_cifar10.yaml, batch
    128, SyntheticLowRank images): every arm runs once per round on a copy of one model, validation
@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
+import benchlib  # scripts/benchmarks/benchlib.py: a script's own folder is first on sys.path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -53,21 +53,6 @@ from maskrank.models.vit import ViTSpec
 from maskrank.sweep.results import spearman
 from maskrank.tasks import MAEPretraining
 from maskrank.tasks.online_probe import unmasked_feature
-
-
-class StepTimer(pl.Callback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._last: float | None = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._last is None:
-            self._last = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        self.times.append(now - self._last)  # type: ignore[operator]
-        self._last = now
 
 
 def _trainer(root: Path, callbacks, **kw) -> pl.Trainer:
@@ -107,7 +92,7 @@ def cost(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
 
         def fit(model: MAEPretraining) -> list[float]:
-            timer = StepTimer()
+            timer = benchlib.StepTimer()
             trainer = _trainer(Path(tmp), [timer], max_steps=steps + 1, limit_val_batches=0)
             trainer.fit(copy.deepcopy(model), datamodule=data)
             return timer.times[1:]

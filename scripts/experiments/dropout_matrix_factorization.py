@@ -1,7 +1,7 @@
 """Dropout in matrix factorization, trained by stochastic gradients vs its closed form (SCIENCE.md §4).
 
-    python scripts/dropout_matrix_factorization.py            # about 1 min on 2 busy CPU cores
-    python scripts/dropout_matrix_factorization.py --rates 0.2 0.4 --steps 8000 --masks 128
+    python scripts/experiments/dropout_matrix_factorization.py            # about 1 min on 2 busy CPU cores
+    python scripts/experiments/dropout_matrix_factorization.py --rates 0.2 0.4 --steps 8000 --masks 128
 
 Cavazza, Haeffele, Lane, Morerio, Murino & Vidal (AISTATS 2018) show that training
 ``X ≈ U diag(b/θ) Vᵀ`` with Bernoulli dropout ``b_i ~ Bernoulli(θ)`` on the ``d`` columns minimises,

@@ -1,7 +1,7 @@
 """Training-throughput cost of the rank-monitoring callbacks (MAE ViT-Tiny/4, CIFAR scale).
 
-    python scripts/bench_callbacks.py            # 3 interleaved rounds x 30 steps per arm, batch 128
-    python scripts/bench_callbacks.py --quick    # a fast smoke run (batch 32, 2 rounds x 3 steps)
+    python scripts/benchmarks/bench_callbacks.py            # 3 interleaved rounds x 30 steps per arm, batch 128
+    python scripts/benchmarks/bench_callbacks.py --quick    # a fast smoke run (batch 32, 2 rounds x 3 steps)
 
 (``--quick`` uses batch 32, whose steps are ~4x shorter: the weight monitor's share, per 200 steps,
 is then ~4x what it is at batch 128; the per-epoch monitors' shares do not change.)
@@ -48,7 +48,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
+import benchlib  # scripts/benchmarks/benchlib.py: a script's own folder is first on sys.path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -65,25 +65,6 @@ from maskrank.models.vit import ViTSpec
 from maskrank.tasks import MAEPretraining
 
 CIFAR10_TRAIN = 50_000
-
-
-class StepTimer(pl.Callback):
-    """Wall time of every training step (end of one step to the end of the next)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._last: float | None = None
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if self._last is None:
-            self._last = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        self.times.append(now - self._last)  # type: ignore[operator]
-        self._last = now
 
 
 def time_method(obj: object, name: str, sink: list[float]) -> None:
@@ -127,7 +108,7 @@ def make_trainer(args, root: Path, callbacks: list[pl.Callback], **kw) -> pl.Tra
 
 def step_times(args, model, data, root: Path, callbacks: list[pl.Callback]) -> list[float]:
     """Seconds per training step of one fit (its first step, the warm-up, dropped)."""
-    timer = StepTimer()
+    timer = benchlib.StepTimer()
     trainer = make_trainer(
         args, root, [timer, *callbacks], max_steps=args.steps + 1, limit_val_batches=0
     )

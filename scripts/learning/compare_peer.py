@@ -1,6 +1,6 @@
 """maskrank's MAE side by side with lightly's MAE modules, at equal budget (SCIENCE.md §5).
 
-    python scripts/compare_peer.py --root ../shared/data/cifar10 --train-subset 10000 \
+    python scripts/learning/compare_peer.py --root ../shared/data/cifar10 --train-subset 10000 \
         --test-subset 2000 --epochs 20 --batch 256 --seeds 0 1 2 --threads 2 --out runs/peer
 
 Arms:

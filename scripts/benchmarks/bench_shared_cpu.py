@@ -1,7 +1,7 @@
 """Two fits on the same CPU cores: how much slower is each than alone, by OpenMP wait policy.
 
-    python scripts/bench_shared_cpu.py                    # 3-epoch quickstart, both policies
-    python scripts/bench_shared_cpu.py --epochs 1 --policies passive
+    python scripts/benchmarks/bench_shared_cpu.py                    # 3-epoch quickstart, both policies
+    python scripts/benchmarks/bench_shared_cpu.py --epochs 1 --policies passive
 
 For each policy it times one ``maskrank fit -c configs/quickstart.yaml`` alone and two started
 together, and prints wall seconds, CPU seconds and the slowdown of a shared run over the alone
@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
+import benchlib  # scripts/benchmarks/benchlib.py: a script's own folder is first on sys.path
 
 POLICIES = {"spin": {"GOMP_SPINCOUNT": "300000"}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
 

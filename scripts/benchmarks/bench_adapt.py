@@ -1,8 +1,8 @@
 """Benchmark one adaptation step: full fine-tune against LoRA (maskrank's layers and peft's).
 
-    python scripts/bench_adapt.py                    # ViT-Tiny/4 classifier, 32 px, batch 128
-    python scripts/bench_adapt.py --rounds 5 --steps 4 --threads 1 --seed 3
-    python scripts/bench_adapt.py --arms full lora_all lora_all_compiled --no-memory
+    python scripts/benchmarks/bench_adapt.py                    # ViT-Tiny/4 classifier, 32 px, batch 128
+    python scripts/benchmarks/bench_adapt.py --rounds 5 --steps 4 --threads 1 --seed 3
+    python scripts/benchmarks/bench_adapt.py --arms full lora_all lora_all_compiled --no-memory
 
 Arms, all from the same pretrained-like weights on the same images (cross-entropy; every arm
 steps the same optimizer implementation, maskrank's default fused AdamW):
@@ -49,7 +49,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
+import benchlib  # scripts/benchmarks/benchlib.py: a script's own folder is first on sys.path
 import torch
 from torch import nn
 

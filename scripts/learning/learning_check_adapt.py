@@ -1,7 +1,7 @@
 """Learning check for stage 2: linear probe, full fine-tune and LoRA after a short MAE pretraining.
 
-    python scripts/learning_check_adapt.py --root ../shared/data/cifar10
-    python scripts/learning_check_adapt.py --root ../shared/data/cifar10 --mae-ckpt runs/.../last.ckpt
+    python scripts/learning/learning_check_adapt.py --root ../shared/data/cifar10
+    python scripts/learning/learning_check_adapt.py --root ../shared/data/cifar10 --mae-ckpt runs/.../last.ckpt
 
 Runs the shipped configs through the CLI machinery (``maskrank.cli.lightning.build_cli``), on a subset of a
 CIFAR-10 ImageFolder (``root/train``, ``root/test``):

@@ -1,8 +1,8 @@
 """Benchmark one MAE pretraining step: maskrank against a straightforward reference.
 
-    python scripts/bench_pretrain.py                 # CIFAR ViT-Tiny/4 MAE, batch 128, this machine
-    python scripts/bench_pretrain.py --rounds 5 --steps 15 --seed 7
-    python scripts/bench_pretrain.py --arms reference maskrank --profile
+    python scripts/benchmarks/bench_pretrain.py                 # CIFAR ViT-Tiny/4 MAE, batch 128, this machine
+    python scripts/benchmarks/bench_pretrain.py --rounds 5 --steps 15 --seed 7
+    python scripts/benchmarks/bench_pretrain.py --arms reference maskrank --profile
 
 Every arm trains the same model (ViT-Tiny/4 encoder at 32 px, decoder 128 wide / 4 blocks / 4
 heads, mask ratio 0.75, norm_pix_loss) from the same weights on the same images; the script checks
@@ -40,7 +40,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
+import benchlib  # scripts/benchmarks/benchlib.py: a script's own folder is first on sys.path
 import torch
 from torch import nn
 

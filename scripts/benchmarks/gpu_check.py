@@ -2,7 +2,7 @@
 
     bash scripts/gpu_check.sh                  # on a machine with a CUDA GPU
     bash scripts/gpu_check.sh --workers 8      # loader workers (default: the cores available)
-    python scripts/gpu_check.py --cpu-smoke    # every piece at toy sizes on the CPU (code path only)
+    python scripts/benchmarks/gpu_check.py --cpu-smoke    # every piece at toy sizes on the CPU (code path only)
 
 Rows (each is paired with its baseline in the same run where one exists):
 
@@ -12,10 +12,10 @@ Rows (each is paired with its baseline in the same run where one exists):
    backward, ``torch.utils.flop_counter``) / step time / the device's nominal dense bf16 peak; the
    share of a measured 8192^3 bf16 GEMM rate is shown too.
 2. LoRA r=8 on every linear layer of a ViT-B/16 classifier, batch 64, bf16: maskrank's engine vs
-   peft's (``scripts/bench_adapt.py`` arms), interleaved rounds, paired ratio.
-3. The file-backed ImageFolder loader (``scripts/bench_data.py``): img/s of the training
+   peft's (``scripts/benchmarks/bench_adapt.py`` arms), interleaved rounds, paired ratio.
+3. The file-backed ImageFolder loader (``scripts/benchmarks/bench_data.py``): img/s of the training
    DataLoader with N workers on generated ImageNet-like JPEGs, and per worker.
-4. Rank callbacks (``scripts/bench_callbacks.py``): per-step overhead of the default callbacks on
+4. Rank callbacks (``scripts/benchmarks/bench_callbacks.py``): per-step overhead of the default callbacks on
    the CIFAR-scale MAE, and one invocation of each.
 
 Without a GPU (and without ``--cpu-smoke``) it prints "no GPU" and exits 0.

@@ -1,9 +1,9 @@
 """Benchmark GaLore AdamW, per projection method, against AdamW on the CIFAR MAE (SCIENCE.md §8).
 
-    python scripts/bench_optim.py                          # ViT-Tiny/4 MAE, batch 128, rank 32
-    python scripts/bench_optim.py --rounds 5 --steps 3 --arms adamw svd power
-    python scripts/bench_optim.py --learning               # learning check on synthetic images
-    python scripts/bench_optim.py --learning --root ../shared/data/cifar10
+    python scripts/benchmarks/bench_optim.py                          # ViT-Tiny/4 MAE, batch 128, rank 32
+    python scripts/benchmarks/bench_optim.py --rounds 5 --steps 3 --arms adamw svd power
+    python scripts/benchmarks/bench_optim.py --learning               # learning check on synthetic images
+    python scripts/benchmarks/bench_optim.py --learning --root ../shared/data/cifar10
 
 Arms (``--arms``): ``adamw`` (torch's fused AdamW) and GaLore on every qkv/proj/fc1/fc2 weight of
 encoder and decoder (AdamW on the rest) with ``projection`` ``svd``, ``randomized`` or ``power``;

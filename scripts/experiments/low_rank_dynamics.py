@@ -23,7 +23,7 @@ Per layer and step the script prints: the number of singular values of ``W_l(t)`
 singular subspace now and the final top-``2r`` one, and the effective rank (RankMe) of the update;
 per step the loss of the full and the compressed network and their end-to-end difference.
 
-    python scripts/low_rank_dynamics.py --d 64 --r 4 --depth 3 --steps 1000
+    python scripts/experiments/low_rank_dynamics.py --d 64 --r 4 --depth 3 --steps 1000
 """
 
 from __future__ import annotations

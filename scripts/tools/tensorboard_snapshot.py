@@ -1,7 +1,7 @@
 """PNG screenshots of TensorBoard's pages for a run directory, taken by headless Chromium.
 
-    python scripts/tensorboard_snapshot.py runs/quickstart/version_0
-    python scripts/tensorboard_snapshot.py runs/quickstart --out /tmp/snapshots --pages scalars
+    python scripts/tools/tensorboard_snapshot.py runs/quickstart/version_0
+    python scripts/tools/tensorboard_snapshot.py runs/quickstart --out /tmp/snapshots --pages scalars
 
 Starts ``tensorboard --logdir DIR --host localhost`` on a free port, waits until it answers,
 loads each page (``custom_scalars``, ``scalars``, ``projector`` by default:

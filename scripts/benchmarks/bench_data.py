@@ -1,7 +1,7 @@
 """Per-core throughput of maskrank's file-backed ImageNet loader vs torchvision's, on real JPEGs.
 
-    python scripts/bench_data.py                 # 240 files, 5 paired rounds (~1 min on 2 cores)
-    python scripts/bench_data.py --quick         # 48 files, 2 rounds (a smoke run)
+    python scripts/benchmarks/bench_data.py                 # 240 files, 5 paired rounds (~1 min on 2 cores)
+    python scripts/benchmarks/bench_data.py --quick         # 48 files, 2 rounds (a smoke run)
 
 Data: ImageNet-like JPEGs (500 x 375, quality 90) made from the natural photographs scikit-image
 ships (``skimage.data``: astronaut, coffee, chelsea, rocket, ...), each randomly rescaled (1-1.6x),
@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import benchlib  # scripts/benchlib.py: a script's own folder is first on sys.path
+import benchlib  # scripts/benchmarks/benchlib.py: a script's own folder is first on sys.path
 import numpy as np
 import torch
 import torch.nn.functional as F
