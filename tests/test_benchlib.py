@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,20 +11,10 @@ from maskrank.models.mae import MaskedAutoencoder
 from maskrank.models.masking import num_kept
 from maskrank.models.vit import ViTSpec
 from maskrank.tasks import ImageClassifier
+from testkit.scripts import load_script
 from testkit.tiny import TINY_MAE, TINY_VIT
 
-PATH = Path(__file__).resolve().parent.parent / "scripts" / "benchmarks" / "benchlib.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("benchlib", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("benchlib", module)  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-benchlib = _load()
+benchlib = load_script("benchmarks/benchlib.py")
 BATCH = 4
 
 

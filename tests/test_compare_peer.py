@@ -6,15 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from testkit.scripts import load_script
 from testkit.sources import textured_image
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "learning" / "compare_peer.py"
 CLASSES = 4
 TINY = [
     "--preset",
@@ -34,14 +33,9 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def peer():
-    spec = importlib.util.spec_from_file_location("compare_peer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
     threads = torch.get_num_threads()
-    yield module
+    yield load_script("learning/compare_peer.py")
     torch.set_num_threads(threads)  # the script sets it for the whole process
-    sys.modules.pop(spec.name, None)
 
 
 @pytest.fixture(scope="module")

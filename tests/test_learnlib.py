@@ -3,8 +3,6 @@ config sets (model, optimiser, schedule, batch, crop), read from the file."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,20 +11,15 @@ import torch
 from omegaconf import OmegaConf
 
 from maskrank.models.vit import ViTSpec
+from testkit.scripts import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
-PATH = ROOT / "scripts" / "learning" / "learnlib.py"
 CONFIG = ROOT / "configs" / "pretrain" / "mae_vit_tiny_cifar10.yaml"
 
 
 @pytest.fixture(scope="module")
 def learnlib():
-    spec = importlib.util.spec_from_file_location("learnlib", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_script("learning/learnlib.py")
 
 
 def test_recipe_is_the_shipped_config(learnlib):

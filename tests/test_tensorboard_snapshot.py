@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parent.parent / "scripts" / "tools" / "tensorboard_snapshot.py"
+from testkit.scripts import load_script
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("tensorboard_snapshot", PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("tensorboard_snapshot", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-snap = _load()
+snap = load_script("tools/tensorboard_snapshot.py")
 
 
 def _run_dir(root: Path) -> Path:

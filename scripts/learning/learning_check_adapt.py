@@ -17,7 +17,11 @@ CIFAR-10 ImageFolder (``root/train``, ``root/test``):
 
 Reported per stage-2 mode and encoder: validation accuracy on all test images (measured once, after
 the last step; stage 2 skips in-fit validation to save time), trainable parameters and wall time;
-and LoRA's accuracy as a fraction of the full fine-tune's. Nothing is hard-coded.
+and LoRA's accuracy as a fraction of the full fine-tune's. For the linear probe, the accuracy of a
+converged offline probe on the same frozen features (``learnlib.probe_accuracies``: logistic
+regression by L-BFGS on the CLS token the config's head reads, fit on the whole training subset,
+scored on all test images) stands next to it, so the row shows how far the config's probe is from
+convergence at this budget. Nothing is hard-coded.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+
+import learnlib  # scripts/learning/learnlib.py: a script's own folder is first on sys.path
 
 from maskrank.cli.lightning import build_cli
 from maskrank.tasks.adaptation import trainable_parameters
@@ -102,7 +108,12 @@ def main() -> None:
                  "--trainer.num_sanity_val_steps", "0"],
             )  # fmt: skip
             trainable, total = trainable_parameters(cli.model)
-            rows[mode, encoder] = (metrics["val/acc"], metrics["val/loss"], trainable, seconds)
+            offline = None
+            if mode == "linear_probe":  # every test image: probe_batch clamps to the split
+                offline = learnlib.probe_accuracies(cli.model, cli.datamodule, 10**9)["cls"]
+            rows[mode, encoder] = (
+                metrics["val/acc"], metrics["val/loss"], trainable, seconds, offline
+            )  # fmt: skip
             print(
                 f"stage 2: {mode} from {encoder} encoder: val/acc {metrics['val/acc']:.4f} "
                 f"({seconds / 60:.1f} min)",
@@ -113,12 +124,15 @@ def main() -> None:
         f"\nstage 2 from {mae_ckpt}: {args.adapt_steps} steps each, batch 128, "
         f"{args.train_images} training images, val on all test images\n"
     )
-    print("| mode | encoder | val/acc | val/loss | trainable | minutes |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for (mode, encoder), (acc, loss, trainable, seconds) in rows.items():
+    print(
+        "| mode | encoder | val/acc | offline probe, converged | val/loss | trainable | minutes |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for (mode, encoder), (acc, loss, trainable, seconds, offline) in rows.items():
+        converged = "-" if offline is None else f"{100 * offline:.1f} %"
         print(
-            f"| {mode} | {encoder} | {100 * acc:.1f} % | {loss:.4f} | {trainable:,} "
-            f"| {seconds / 60:.1f} |"
+            f"| {mode} | {encoder} | {100 * acc:.1f} % | {converged} | {loss:.4f} | "
+            f"{trainable:,} | {seconds / 60:.1f} |"
         )
     if ("lora", "MAE") in rows and ("finetune", "MAE") in rows:
         ratio = rows["lora", "MAE"][0] / rows["finetune", "MAE"][0]

@@ -5,23 +5,14 @@ trajectory; a Gaussian init (the control) moves far more than 2r."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "experiments" / "low_rank_dynamics.py"
+from testkit.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def dynamics():
-    spec = importlib.util.spec_from_file_location("low_rank_dynamics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_script("experiments/low_rank_dynamics.py")
 
 
 def test_at_most_2r_singular_values_move_and_the_compressed_network_matches(dynamics):
