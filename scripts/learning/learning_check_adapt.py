@@ -73,9 +73,18 @@ def main() -> None:
         default=True,
         help="also run every mode from a randomly initialised encoder",
     )
+    parser.add_argument(
+        "--adapt-override",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="a config value for every stage-2 fit, e.g. --adapt-override model.init_args.lr 0.1",
+    )
     args = parser.parse_args()
 
     out = Path(args.out)
+    overrides = [(key.lstrip("-"), value) for key, value in args.adapt_override]
     common = [
         "--data", "maskrank.data.ImageFolderDataModule",
         "--data.root", args.root,
@@ -105,7 +114,8 @@ def main() -> None:
                 common,
                 ["--model.init_args.encoder_ckpt", "null" if ckpt is None else ckpt,
                  "--trainer.check_val_every_n_epoch", "100000",
-                 "--trainer.num_sanity_val_steps", "0"],
+                 "--trainer.num_sanity_val_steps", "0",
+                 *(part for key, value in overrides for part in (f"--{key}", value))],
             )  # fmt: skip
             trainable, total = trainable_parameters(cli.model)
             offline = None
@@ -122,7 +132,8 @@ def main() -> None:
 
     print(
         f"\nstage 2 from {mae_ckpt}: {args.adapt_steps} steps each, batch 128, "
-        f"{args.train_images} training images, val on all test images\n"
+        f"{args.train_images} training images, val on all test images"
+        f"{''.join(f', {key} {value}' for key, value in overrides)}\n"
     )
     print(
         "| mode | encoder | val/acc | offline probe, converged | val/loss | trainable | minutes |"
