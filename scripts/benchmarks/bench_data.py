@@ -326,7 +326,6 @@ def main() -> None:
         "vs reference, paired (per round)",
     )
     print(benchlib.markdown_table(headers, rows))
-    print("(target: maskrank >= 2x the reference)")
     print("\nper-image cost (median ms), 500x375 q90:")
     for name, ms in decoders:
         print(f"  {name:<45} {ms:6.2f}")
