@@ -83,9 +83,9 @@ class RepresentationRankMonitor(pl.Callback):
 
     Args:
         every_n_epochs: measure after every this many validation epochs of a fit (a stand-alone
-            validate always measures). The default 5 kept the cost at 0.8 % of training:
-            the probe pass of 10·D full-token images costs about 4 % of a CIFAR-10
-            epoch of ViT-Tiny MAE (measured on CPU by scripts/benchmarks/bench_callbacks.py).
+            validate always measures). At the default 5 the monitor costs 0.87 % of a ViT-Tiny
+            MAE's CIFAR-10 training on one CPU core (docs/RESULTS.md#rank-callback-cost): one
+            probe pass of 10·D full-token images costs about 4 % of an epoch.
         probe_size: images in the probe set; None means 10 x the encoder width (RankMe needs about
             10·D samples), clamped to the held-out split's size. Keep it fixed to compare runs.
         batch_size: images per forward pass of the probe (memory, not results).

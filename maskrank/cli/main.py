@@ -38,7 +38,8 @@ def main(args: list[str] | None = None) -> None:
         print(f"maskrank {__version__}")
         return
     # OpenMP threads that wait for work sleep instead of spinning: two runs on the same cores
-    # then share them instead of burning each other's time (scripts/benchmarks/bench_shared_cpu.py).
+    # then share them instead of burning each other's time
+    # (scripts/benchmarks/bench_shared_cpu.py).
     # Read once, when torch loads below; a value the user set is kept.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     command = COMMANDS.get(argv[0])

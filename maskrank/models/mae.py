@@ -23,9 +23,9 @@ from maskrank.models.features import EncoderFeatures, encoder_features
 from maskrank.models.masking import Masking, Strategy, gather_tokens, make_masking
 
 AttentionImpl = Literal["auto", "sdpa", "matmul"]
-# On CPU, below this many tokens "auto" uses plain matmul-softmax-matmul attention instead of SDPA.
-# Earlier torch builds ran SDPA slower at short sequences; with torch 2.15 scripts/benchmarks/bench_pretrain.py
-# measured no difference for the CIFAR ViT-Tiny MAE (17 and 65 tokens). On GPUs SDPA always wins.
+# On CPU, below this many tokens "auto" uses plain matmul-softmax-matmul attention instead of SDPA
+# (the CIFAR ViT-Tiny MAE runs 17 and 65 tokens); scripts/benchmarks/bench_pretrain.py times that
+# step against an SDPA reference (docs/RESULTS.md#mae-step-speed). On GPUs "auto" is SDPA.
 CPU_SDPA_MIN_TOKENS = 128
 # MAE's LayerNorm epsilon (its ``partial(nn.LayerNorm, eps=1e-6)``), also timm's ViT default.
 LN_EPS = 1e-6

@@ -116,8 +116,9 @@ def top_singular_pairs(g: Tensor, r: int) -> tuple[Tensor, Tensor]:
 
     From the eigenvectors of the smaller Gram matrix (``gᵀg`` (k, k) when ``k <= d``), then
     ``U_r = g V_r / σ_r``: exact, and for a ViT's (3D, D) or (4D, D) weight a D x D
-    eigenproblem instead of an SVD of the whole matrix (``scripts/benchmarks/bench_adapt.py`` times both). Falls back
-    to a full SVD when ``σ_r`` is too small for the division (a gradient of rank below ``r``).
+    eigenproblem instead of an SVD of the whole matrix (``scripts/benchmarks/bench_adapt.py`` times
+    both). Falls back to a full SVD when ``σ_r`` is too small for the division (a gradient of rank
+    below ``r``).
     """
     g = g.double()
     if g.shape[0] < g.shape[1]:

@@ -1,8 +1,8 @@
 """The LoRA forward/backward kernel: ``x W'ᵀ + b`` with ``W' = W₀ + s B A`` merged on the fly (SCIENCE.md §6).
 
 One GEMM forward with the merged weight, a backward with one full-size GEMM plus rank-``r`` products
-in their fast orientation, and never the (frozen) ``W₀`` gradient. ``scripts/benchmarks/bench_adapt.py``
-measures it against peft's layers.
+in their fast orientation, and never the (frozen) ``W₀`` gradient.
+``scripts/benchmarks/bench_adapt.py`` measures it against peft's layers.
 """
 
 from __future__ import annotations
