@@ -34,4 +34,10 @@ class FailedRunCleanup(pl.Callback):
         if self.existed or trainer.global_step > 0 or not trainer.is_global_zero:
             return
         if self.run_dir.is_dir() and not any(self.run_dir.rglob("*.ckpt")):
+            # A TensorBoard writer still holding events appends them to its file by path when it
+            # flushes; after the folder is gone that raises FileNotFoundError, which would then
+            # stand in for the user's error. Finalized first, Lightning's own finalize after this
+            # hook finds the writers closed and writes nothing.
+            for logger in trainer.loggers:
+                logger.finalize("failed")
             shutil.rmtree(self.run_dir, ignore_errors=True)
