@@ -324,7 +324,7 @@ def main() -> None:
     print(
         f"\n{args.preset} classifier, 32 px, batch {args.batch}, {torch.get_num_threads()} "
         f"thread(s), {args.rounds} rounds x {args.steps} timed steps, {args.clock} clock, "
-        f"arm order seed {args.seed}: " + "; ".join(" ".join(order) for order in timings.orders)
+        + benchlib.orders_line(args.seed, timings.orders)
     )
     rows = []
     for name, arm in arms.items():

@@ -242,7 +242,7 @@ def main() -> None:
 
         timings = benchlib.run_rounds(arms, args.rounds, args.seed, after_round)
     print(f"after: {benchlib.load_average()}")
-    print(f"arm order seed {args.seed}: " + "; ".join(" ".join(o) for o in timings.orders) + "\n")
+    print(benchlib.orders_line(args.seed, timings.orders) + "\n")
     rows = []
     for arm in timings.samples:
         values = timings.all(arm)

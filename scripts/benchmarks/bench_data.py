@@ -305,7 +305,7 @@ def main() -> None:
     print(
         f"{files} JPEGs 500x375 q90, {rounds} paired rounds, one thread, batches of 32, "
         f"{args.clock} clock; "
-        f"arm order seed {args.seed}: " + "; ".join(" ".join(o) for o in orders) + "\n"
+        f"{benchlib.orders_line(args.seed, orders)}\n"
     )
     rows = []
     for name, values in results.items():

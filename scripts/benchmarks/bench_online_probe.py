@@ -100,7 +100,7 @@ def cost(args) -> None:
         runs = {arm: functools.partial(fit, model) for arm, model in arms.items()}
         timings = benchlib.run_rounds(runs, args.rounds, args.seed, benchlib.print_round)
     print(f"after: {benchlib.load_average()}")
-    print(f"arm order seed {args.seed}: " + "; ".join(" ".join(o) for o in timings.orders) + "\n")
+    print(benchlib.orders_line(args.seed, timings.orders) + "\n")
     rows = []
     for arm in arms:
         values = timings.all(arm)

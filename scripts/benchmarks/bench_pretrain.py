@@ -269,8 +269,7 @@ def main() -> None:
     print(
         f"\nCPU threads: {torch.get_num_threads()}, batch {args.batch}, {args.preset} MAE, "
         f"mask {args.mask_ratio}, {args.rounds} rounds x {args.steps} timed steps per arm, "
-        f"{args.clock} clock, "
-        f"arm order seed {args.seed}: " + "; ".join(" ".join(order) for order in timings.orders)
+        f"{args.clock} clock, " + benchlib.orders_line(args.seed, timings.orders)
     )
     print(
         f"fp32 GEMM rate (1024^3 matmul, median of {len(gemm)}, around every round): "

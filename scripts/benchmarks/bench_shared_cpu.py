@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = dict(run(policy, shared) for policy in args.policies for shared in (False, True))
         timings = benchlib.run_rounds(runs, args.rounds, args.seed, benchlib.print_round)
     print(f"after: {benchlib.load_average()}")
-    print(f"run order seed {args.seed}: " + "; ".join(" ".join(o) for o in timings.orders) + "\n")
+    print(benchlib.orders_line(args.seed, timings.orders, what="run") + "\n")
     rows = []
     for policy in args.policies:
         alone, shared = f"{policy}/alone", f"{policy}/shared"

@@ -54,6 +54,7 @@ __all__ = [
     "mae_gemms",
     "markdown_table",
     "overhead_cell",
+    "orders_line",
     "overheads",
     "print_round",
     "ratio_cell",
@@ -387,6 +388,11 @@ def run_rounds(
 def print_round(r: int, medians: dict[str, float]) -> None:
     """One line per round: the arms in the order they ran, median seconds each."""
     print(f"  round {r + 1}: " + ", ".join(f"{n} {t:.4f}s" for n, t in medians.items()), flush=True)
+
+
+def orders_line(seed: int, orders: Iterable[Sequence[str]], what: str = "arm") -> str:
+    """``"arm order seed 0: a b; b a"``: the seed and every round's order, for the printout."""
+    return f"{what} order seed {seed}: " + "; ".join(" ".join(o) for o in orders)
 
 
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
